@@ -1,0 +1,5 @@
+import sys
+
+from ftplb.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The pool's FTP server: pyftpdlib with a PROXY-protocol-aware handler."""

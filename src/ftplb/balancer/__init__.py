@@ -1,0 +1,1 @@
+"""Backend pool, balancing policies and health checking."""

@@ -1,0 +1,104 @@
+"""Balancing policies: one registry, each a small object with `choose`.
+
+Every policy honours `weight`. `source` (and later `user`) use weighted
+rendezvous hashing: the same key lands on the same backend while it is up, and
+when a backend leaves only the keys it held move.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ftplb.balancer.pool import Backend
+
+
+class Policy(Protocol):
+    def choose(self, candidates: Sequence[Backend], key: str) -> Backend: ...
+
+
+class LeastConn:
+    """Fewest current sessions per unit of weight; ties go round-robin."""
+
+    def __init__(self) -> None:
+        self._seq = 0
+        self._last_pick: dict[str, int] = {}
+
+    def choose(self, candidates: Sequence[Backend], key: str) -> Backend:
+        best = min(
+            candidates,
+            key=lambda b: (b.sessions / b.weight, self._last_pick.get(b.name, -1)),
+        )
+        self._seq += 1
+        self._last_pick[best.name] = self._seq
+        return best
+
+
+class RoundRobin:
+    """Smooth weighted round-robin (as nginx): weights 5,1,1 give a,a,b,a,c,a,a."""
+
+    def __init__(self) -> None:
+        self._current: dict[str, int] = {}
+
+    def choose(self, candidates: Sequence[Backend], key: str) -> Backend:
+        total = 0
+        best: Backend | None = None
+        for b in candidates:
+            current = self._current.get(b.name, 0) + b.weight
+            self._current[b.name] = current
+            total += b.weight
+            if best is None or current > self._current[best.name]:
+                best = b
+        assert best is not None
+        self._current[best.name] -= total
+        return best
+
+
+def rendezvous_score(key: str, name: str, weight: int) -> float:
+    """Weighted highest-random-weight score (Schindelhauer & Schomaker)."""
+    digest = hashlib.blake2b(f"{key}\0{name}".encode(), digest_size=8).digest()
+    # A uniform value in (0, 1): never 0, so the log is finite.
+    unit = (int.from_bytes(digest, "big") + 1) / (2**64 + 1)
+    return -weight / math.log(unit)
+
+
+def rendezvous_pick(candidates: Sequence[Backend], key: str) -> Backend:
+    return max(candidates, key=lambda b: (rendezvous_score(key, b.name, b.weight), b.name))
+
+
+class Source:
+    """The client address picks the backend (rendezvous hashing)."""
+
+    def choose(self, candidates: Sequence[Backend], key: str) -> Backend:
+        return rendezvous_pick(candidates, key)
+
+
+class Random:
+    """Weighted random choice."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+
+    def choose(self, candidates: Sequence[Backend], key: str) -> Backend:
+        return self._rng.choices(candidates, weights=[b.weight for b in candidates])[0]
+
+
+POLICIES: dict[str, Callable[[], Policy]] = {
+    "leastconn": LeastConn,
+    "roundrobin": RoundRobin,
+    "source": Source,
+    "random": Random,
+    # "user" hashes the login name the same way; the caller passes it as the key.
+    "user": Source,
+}
+
+
+def make_policy(name: str) -> Policy:
+    try:
+        return POLICIES[name]()
+    except KeyError:
+        raise ValueError(f"unknown balance policy {name!r}") from None

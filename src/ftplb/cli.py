@@ -1,0 +1,165 @@
+"""ftplb's command line: main(argv) -> exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import sys
+
+from ftplb import __version__
+from ftplb.config import Config, load_config
+from ftplb.errors import ConfigError
+
+EXIT_CONFIG = 2
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ftplb.app import install_uvloop, raise_file_limit, serve
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    setup_logging(args.verbose)
+    log = logging.getLogger("ftplb")
+    limit = raise_file_limit()
+    uv = install_uvloop()
+    log.info("ftplb %s, %s, file limit %d", __version__, "uvloop" if uv else "asyncio", limit)
+    return asyncio.run(serve(config))
+
+
+def plan(config: Config) -> list[str]:
+    """`ftplb check`'s description of what the balancer will do."""
+    b = config.balancer
+    h = config.health
+    lines = [
+        f"{config.path}: OK",
+        f"mode {b.mode}, balance {b.balance}, send_proxy {b.send_proxy}",
+        f"control: listen on {b.listen}; clients are told {b.public_address}",
+        f"limits: max_sessions {b.max_sessions}, idle_timeout {b.idle_timeout:g}s",
+        f"health: {h.check} check every {h.interval:g}s, timeout {h.timeout:g}s, "
+        f"rise {h.rise}, fall {h.fall}",
+        "backends:",
+    ]
+    width = max(len(x.name) for x in config.backends)
+    for be in config.backends:
+        proxy = config.proxy_version(be)
+        line = f"  {be.name:<{width}}  {be.address}  weight {be.weight}  proxy {proxy}"
+        if b.mode == "routed" and be.passive_ports is not None:
+            line += (
+                f"\n  {'':<{width}}  data {b.data_host}:{be.passive_ports}"
+                f" ({len(be.passive_ports)} ports) -> {be.address.host}, same port"
+            )
+            if be.send_proxy_data:
+                line += f", PROXY {proxy if proxy != 'off' else 'v1'} on data"
+        lines.append(line)
+    if b.mode == "routed":
+        total = sum(len(x.passive_ports or ()) for x in config.backends)
+        lines.append(f"data listeners: {total} ports on {b.data_host}")
+        lines.append(
+            f"backends must advertise {b.public_address} and their own range in PASV replies "
+            "(ProFTPD MasqueradeAddress+PassivePorts, vsftpd pasv_address+pasv_min_port/"
+            "pasv_max_port, pure-ftpd -P/-p, ftplb backend --masquerade/--passive-ports)"
+        )
+        if ipaddress.ip_address(b.data_host).is_unspecified:
+            lines.append(
+                f"warning: data listeners on {b.data_host} collide with a backend's passive "
+                "sockets on the same host; set balancer.data_listen to a specific address"
+            )
+    else:
+        lines.append(f"data: the balancer's own ports {b.data_ports} on {b.data_host}")
+        lines.append("note: inspect mode is not available yet in this version")
+    return lines
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    print("\n".join(plan(config)))
+    return 0
+
+
+def cmd_backend(args: argparse.Namespace) -> int:
+    from ftplb.backend.server import run
+
+    return run(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ftplb.demo import run_demo
+
+    return run_demo(verbose=args.verbose)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    print(f"ftplb render: {args.kind} is not available yet", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    print("ftplb status: the admin API is not available yet", file=sys.stderr)
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ftplb.backend.server import add_arguments as backend_arguments
+
+    parser = argparse.ArgumentParser(prog="ftplb", description="An FTP load balancer.")
+    parser.add_argument("--version", action="version", version=f"ftplb {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the balancer in the foreground")
+    p.add_argument("-c", "--config", required=True, metavar="FILE")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="validate a configuration and print the plan")
+    p.add_argument("-c", "--config", required=True, metavar="FILE")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("backend", help="a ready FTP server for the pool (pyftpdlib)")
+    backend_arguments(p)
+    p.set_defaults(func=cmd_backend)
+
+    p = sub.add_parser("demo", help="three backends and a balancer on loopback")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("render", help="the cluster as configuration for other tools")
+    p.add_argument(
+        "kind",
+        choices=["haproxy", "iptables", "nftables", "proftpd", "vsftpd", "pure-ftpd"],
+    )
+    p.add_argument("-c", "--config", required=True, metavar="FILE")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("status", help="the pool as the running balancer sees it")
+    p.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return code

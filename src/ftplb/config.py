@@ -1,0 +1,413 @@
+"""TOML configuration -> frozen, validated objects.
+
+Every error names the file, the field (``backends[1].passive_ports``) and the
+reason, and unknown keys are rejected so that a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ftplb.errors import ConfigError
+
+T = TypeVar("T")
+
+MODES = ("routed", "inspect")
+BALANCE_POLICIES = ("leastconn", "roundrobin", "source", "random", "user")
+PROXY_VERSIONS = ("off", "v1", "v2")
+HEALTH_CHECKS = ("tcp", "ftp")
+BACKEND_TLS = ("off", "on", "match")
+
+
+@dataclass(frozen=True, order=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, order=True)
+class PortRange:
+    first: int
+    last: int
+
+    def __str__(self) -> str:
+        return f"{self.first}-{self.last}"
+
+    def __len__(self) -> int:
+        return self.last - self.first + 1
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.first, self.last + 1))
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.first <= port <= self.last
+
+    def overlaps(self, other: PortRange) -> bool:
+        return self.first <= other.last and other.first <= self.last
+
+
+@dataclass(frozen=True)
+class BalancerConfig:
+    listen: HostPort = HostPort("0.0.0.0", 21)
+    """Control-channel listener."""
+    public_address: str = ""
+    """The address clients reach; what PASV replies carry. Defaults to the host of `listen`."""
+    mode: str = "routed"
+    """"routed" (backends own passive port ranges) or "inspect" (FTP-aware proxy)."""
+    balance: str = "leastconn"
+    """Backend choice for a new session: leastconn, roundrobin, source, random, user."""
+    send_proxy: str = "off"
+    """PROXY protocol header on backend control connections: off, v1, v2."""
+    data_ports: PortRange = PortRange(40000, 40999)
+    """Inspect mode: the balancer's own passive ports."""
+    data_listen: str = ""
+    """Address the data listeners bind to; defaults to the host of `listen`."""
+    max_sessions: int = 10000
+    """Concurrent control sessions; clients beyond it get 421."""
+    idle_timeout: float = 600.0
+    """Seconds without traffic on a control connection (and no data connection) before closing."""
+    connect_timeout: float = 5.0
+    """Seconds to wait for a backend's TCP connect."""
+
+    @property
+    def data_host(self) -> str:
+        return self.data_listen or self.listen.host
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    check: str = "ftp"
+    """"tcp" (connect) or "ftp" (a 220 greeting within `timeout`)."""
+    interval: float = 2.0
+    """Seconds between checks of one backend."""
+    timeout: float = 1.0
+    """Seconds one check may take."""
+    rise: int = 2
+    """Consecutive successes that bring a down backend up."""
+    fall: int = 2
+    """Consecutive failures that take an up backend down."""
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: str = ""
+    """PEM certificate (inspect mode: TLS terminated by the balancer)."""
+    key: str = ""
+    """PEM private key."""
+    implicit_listen: HostPort | None = None
+    """Optional implicit-TLS listener."""
+    required: bool = False
+    """Refuse USER before AUTH TLS."""
+    session_reuse: bool = True
+    """Data connections must resume the control connection's TLS session."""
+    backend_tls: str = "off"
+    """TLS toward backends: off, on, match."""
+    backend_ca: str = ""
+    """CA file to verify backends."""
+    backend_verify: bool = True
+    """Verify backend certificates."""
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    listen: HostPort | None = None
+    """HTTP admin listener (off when unset)."""
+    token: str = ""
+    """Bearer token for state-changing calls."""
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    name: str
+    """Unique name, used in logs and the admin API."""
+    address: HostPort
+    """The backend's control-channel address."""
+    passive_ports: PortRange | None = None
+    """Routed mode: the passive range this backend owns and advertises."""
+    send_proxy: str | None = None
+    """Overrides balancer.send_proxy for this backend."""
+    send_proxy_data: bool = False
+    """Routed mode: PROXY header on forwarded data connections."""
+    weight: int = 1
+    """Relative share of new sessions (0: none)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    balancer: BalancerConfig
+    health: HealthConfig
+    tls: TlsConfig
+    admin: AdminConfig
+    backends: tuple[BackendConfig, ...] = field(default_factory=tuple)
+
+    def proxy_version(self, backend: BackendConfig) -> str:
+        """The PROXY protocol version sent to `backend` on its control connection."""
+        return backend.send_proxy if backend.send_proxy is not None else self.balancer.send_proxy
+
+
+# --- parsing helpers ---------------------------------------------------------
+
+_PORT_RANGE = re.compile(r"^\s*(\d{1,5})\s*(?:-\s*(\d{1,5})\s*)?$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def parse_ip(text: str) -> str:
+    """A literal IPv4 or IPv6 address, normalised; ValueError otherwise."""
+    return str(ipaddress.ip_address(text.strip("[]")))
+
+
+def parse_port_range(text: str) -> PortRange:
+    """'A-B' or 'A' with 1 <= A <= B <= 65535; ValueError otherwise."""
+    m = _PORT_RANGE.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a port range like 30000-30099")
+    first = int(m.group(1))
+    last = int(m.group(2) or first)
+    if not 1 <= first <= 65535 or not 1 <= last <= 65535:
+        raise ValueError(f"{text}: ports must be between 1 and 65535")
+    if first > last:
+        raise ValueError(f"{text}: the first port is above the last")
+    return PortRange(first, last)
+
+
+def parse_host_port(text: str, *, allow_hostname: bool = False) -> HostPort:
+    """'1.2.3.4:21', '[::1]:21' (or 'name:21' when allowed); ValueError otherwise."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{text!r} is not [IPv6]:PORT")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ValueError(f"{text!r} is not HOST:PORT (write IPv6 as [addr]:port)")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: port must be between 1 and 65535")
+    try:
+        host = parse_ip(host)
+    except ValueError:
+        if not (allow_hostname and _HOSTNAME.match(host)):
+            kind = "an IP address or host name" if allow_hostname else "an IP address"
+            raise ValueError(f"{text!r}: {host!r} is not {kind}") from None
+    return HostPort(host, int(port))
+
+
+class _Table:
+    """One TOML table being read: tracks the keys used to reject the rest."""
+
+    def __init__(self, file: str, prefix: str, data: object) -> None:
+        self.file = file
+        self.prefix = prefix
+        if not isinstance(data, dict):
+            raise ConfigError(file, prefix, "must be a table")
+        self.data: dict[str, Any] = data
+        self.seen: set[str] = set()
+
+    def error(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(self.file, f"{self.prefix}.{key}" if self.prefix else key, reason)
+
+    def get(self, key: str, kind: type[T] | tuple[type, ...], default: T) -> T:
+        self.seen.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python; TOML keeps them apart, so do we.
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.error(key, f"expected {_kind_name(kinds)}, got {value!r}")
+        if not isinstance(value, kinds):
+            raise self.error(key, f"expected {_kind_name(kinds)}, got {value!r}")
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        return value  # type: ignore[no-any-return]
+
+    def parsed(self, key: str, parse: Callable[[str], T], default: T) -> T:
+        text = self.get(key, str, None)
+        if text is None:
+            return default
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.get(key, str, default)
+        if value not in choices:
+            raise self.error(key, f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    def number(
+        self, key: str, default: float, *, low: float, high: float, integer: bool = False
+    ) -> Any:
+        value = self.get(key, int if integer else (int, float), default)
+        if not low <= value <= high:
+            raise self.error(key, f"{value} is out of range ({low:g} to {high:g})")
+        return value
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds if not (k is int and float in kinds))
+
+
+# --- the file ----------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a configuration file; raises ConfigError."""
+    file = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(file, "", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(file, "", "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "", f"not valid TOML: {exc}") from None
+    return parse_config(data, file)
+
+
+def parse_config(data: dict[str, Any], file: str = "<config>") -> Config:
+    top = _Table(file, "", data)
+    balancer = _parse_balancer(_Table(file, "balancer", top.get("balancer", dict, {})))
+    health = _parse_health(_Table(file, "health", top.get("health", dict, {})))
+    tls = _parse_tls(_Table(file, "tls", top.get("tls", dict, {})))
+    admin = _parse_admin(_Table(file, "admin", top.get("admin", dict, {})))
+    backends = _parse_backends(file, top.get("backends", list, []), balancer)
+    top.finish()
+    return Config(file, balancer, health, tls, admin, backends)
+
+
+def _parse_balancer(t: _Table) -> BalancerConfig:
+    d = BalancerConfig()
+    listen = t.parsed("listen", parse_host_port, d.listen)
+    public = t.parsed("public_address", parse_ip, "")
+    if not public:
+        if ipaddress.ip_address(listen.host).is_unspecified:
+            # Backends masquerade as this and inspect mode advertises it: a
+            # wildcard cannot be either.
+            mode = t.data.get("mode", d.mode)
+            if mode == "inspect":
+                raise t.error("public_address", f"required when listen is {listen}")
+        public = listen.host
+    cfg = BalancerConfig(
+        listen=listen,
+        public_address=public,
+        mode=t.choice("mode", MODES, d.mode),
+        balance=t.choice("balance", BALANCE_POLICIES, d.balance),
+        send_proxy=t.choice("send_proxy", PROXY_VERSIONS, d.send_proxy),
+        data_ports=t.parsed("data_ports", parse_port_range, d.data_ports),
+        data_listen=t.parsed("data_listen", parse_ip, ""),
+        max_sessions=t.number("max_sessions", d.max_sessions, low=1, high=1e7, integer=True),
+        idle_timeout=t.number("idle_timeout", d.idle_timeout, low=1, high=86400 * 7),
+        connect_timeout=t.number("connect_timeout", d.connect_timeout, low=0.1, high=300),
+    )
+    if cfg.balance == "user" and cfg.mode != "inspect":
+        raise t.error("balance", '"user" needs mode = "inspect" (routed mode never sees USER)')
+    t.finish()
+    return cfg
+
+
+def _parse_health(t: _Table) -> HealthConfig:
+    d = HealthConfig()
+    cfg = HealthConfig(
+        check=t.choice("check", HEALTH_CHECKS, d.check),
+        interval=t.number("interval", d.interval, low=0.05, high=3600),
+        timeout=t.number("timeout", d.timeout, low=0.05, high=600),
+        rise=t.number("rise", d.rise, low=1, high=100, integer=True),
+        fall=t.number("fall", d.fall, low=1, high=100, integer=True),
+    )
+    t.finish()
+    return cfg
+
+
+def _parse_tls(t: _Table) -> TlsConfig:
+    d = TlsConfig()
+    cfg = TlsConfig(
+        cert=t.get("cert", str, d.cert),
+        key=t.get("key", str, d.key),
+        implicit_listen=t.parsed("implicit_listen", parse_host_port, None),
+        required=t.get("required", bool, d.required),
+        session_reuse=t.get("session_reuse", bool, d.session_reuse),
+        backend_tls=t.choice("backend_tls", BACKEND_TLS, d.backend_tls),
+        backend_ca=t.get("backend_ca", str, d.backend_ca),
+        backend_verify=t.get("backend_verify", bool, d.backend_verify),
+    )
+    t.finish()
+    return cfg
+
+
+def _parse_admin(t: _Table) -> AdminConfig:
+    cfg = AdminConfig(
+        listen=t.parsed("listen", parse_host_port, None),
+        token=t.get("token", str, ""),
+    )
+    t.finish()
+    return cfg
+
+
+def _parse_backends(
+    file: str, items: list[Any], balancer: BalancerConfig
+) -> tuple[BackendConfig, ...]:
+    if not items:
+        raise ConfigError(file, "backends", "at least one [[backends]] entry is required")
+    backends: list[BackendConfig] = []
+    for i, item in enumerate(items):
+        t = _Table(file, f"backends[{i}]", item)
+        if "name" not in t.data:
+            raise t.error("name", "required")
+        if "address" not in t.data:
+            raise t.error("address", "required")
+        name = t.get("name", str, "")
+        if not _NAME.match(name):
+            raise t.error("name", f"{name!r}: use letters, digits, '.', '_' and '-' (at most 64)")
+        b = BackendConfig(
+            name=name,
+            address=t.parsed("address", lambda s: parse_host_port(s, allow_hostname=True), None),  # type: ignore[arg-type]
+            passive_ports=t.parsed("passive_ports", parse_port_range, None),
+            send_proxy=t.choice("send_proxy", PROXY_VERSIONS, "")
+            if "send_proxy" in t.data
+            else None,
+            send_proxy_data=t.get("send_proxy_data", bool, False),
+            weight=t.number("weight", 1, low=0, high=256, integer=True),
+        )
+        t.finish()
+        for j, other in enumerate(backends):
+            if other.name == b.name:
+                raise t.error("name", f"{b.name!r} is already the name of backends[{j}]")
+            if other.address == b.address:
+                raise t.error("address", f"{b.address} is already backends[{j}] ({other.name})")
+        if balancer.mode == "routed":
+            if b.passive_ports is None:
+                raise t.error("passive_ports", 'required in mode = "routed"')
+            for j, other in enumerate(backends):
+                assert other.passive_ports is not None
+                if b.passive_ports.overlaps(other.passive_ports):
+                    raise t.error(
+                        "passive_ports",
+                        f"{b.passive_ports} overlaps backends[{j}] ({other.passive_ports})",
+                    )
+            if balancer.listen.port in b.passive_ports:
+                raise t.error(
+                    "passive_ports",
+                    f"{b.passive_ports} contains the control port {balancer.listen.port}",
+                )
+        backends.append(b)
+    return tuple(backends)

@@ -1,0 +1,1 @@
+"""The asyncio layer: the only code in ftplb that touches sockets."""

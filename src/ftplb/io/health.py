@@ -1,0 +1,116 @@
+"""The asyncio health prober: runs checks and feeds results to HealthTracker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from ftplb.balancer.health import HealthTracker
+from ftplb.balancer.pool import Backend, Pool
+from ftplb.config import Config
+from ftplb.errors import ProtocolError
+from ftplb.proto import proxy_protocol
+from ftplb.proto.lines import ReplyReader
+
+log = logging.getLogger("ftplb.health")
+
+
+async def probe(host: str, port: int, check: str, timeout: float, proxy: str) -> tuple[bool, str]:
+    """One check. Returns (ok, what happened)."""
+    writer: asyncio.StreamWriter | None = None
+    stage = "connect"
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            # A backend that expects PROXY waits for the header before it
+            # greets: announce a LOCAL connection (the proxy's own).
+            if proxy != "off":
+                writer.write(proxy_protocol.encode(proxy, None, None))
+            if check == "tcp":
+                return True, "connected"
+            stage = "greeting"
+            replies = ReplyReader()
+            while True:
+                data = await reader.read(4096)
+                if not data:
+                    return False, "closed before greeting"
+                got = replies.feed(data)
+                if got:
+                    break
+            code = got[0].code
+            if code != 220:
+                return False, f"greeted with {code}"
+            writer.write(b"QUIT\r\n")
+            return True, "greeted with 220"
+    except TimeoutError:
+        what = "no connection" if stage == "connect" else "no greeting"
+        return False, f"{what} within {timeout:g}s"
+    except OSError as exc:
+        return False, f"{stage} failed: {exc.strerror or exc}"
+    except ProtocolError as exc:
+        return False, f"bad greeting: {exc}"
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+class HealthChecker:
+    """Checks every backend of `pool` every `interval` seconds."""
+
+    def __init__(self, config: Config, pool: Pool) -> None:
+        self.config = config
+        self.pool = pool
+        h = config.health
+        self.trackers = {b.name: HealthTracker(h.rise, h.fall) for b in pool.backends}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def check(self, backend: Backend) -> None:
+        h = self.config.health
+        ok, status = await probe(
+            backend.config.address.host,
+            backend.config.address.port,
+            h.check,
+            h.timeout,
+            self.config.proxy_version(backend.config),
+        )
+        backend.last_check = status
+        if not ok:
+            backend.check_failures_total += 1
+        tracker = self.trackers[backend.name]
+        first = tracker.up is None
+        if tracker.record(ok):
+            backend.up = bool(tracker.up)
+            backend.checked = True
+            backend.last_change = time.time()
+            state = "UP" if backend.up else "DOWN"
+            level = logging.INFO if backend.up or first else logging.WARNING
+            log.log(level, "backend %s is %s (%s)", backend.name, state, status)
+
+    async def first_round(self) -> None:
+        """One check of every backend, in parallel: bounded by the check timeout."""
+        await asyncio.gather(*(self.check(b) for b in self.pool.backends))
+
+    def start(self) -> None:
+        for b in self.pool.backends:
+            self._tasks.append(asyncio.create_task(self._loop(b), name=f"health {b.name}"))
+
+    async def _loop(self, backend: Backend) -> None:
+        interval = self.config.health.interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.check(backend)
+            except Exception:  # a bug here must not stop checking
+                log.exception("health check of %s failed", backend.name)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks.clear()

@@ -1,0 +1,213 @@
+"""A byte relay between two sockets, built on asyncio Protocols.
+
+Each socket gets an `Endpoint` protocol; a `Relay` joins two of them. Bytes
+read from one side are written to the other as they come. When a side's write
+buffer passes `HIGH_WATER`, asyncio calls its `pause_writing` and we stop
+reading from the other side until it drains below `LOW_WATER`: a slow reader
+slows its sender, and memory per relay stays bounded by about HIGH_WATER plus
+one read. EOF is passed on as a half-close; a reset on either side aborts both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable
+from typing import cast
+
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+
+
+class Endpoint(asyncio.Protocol):
+    """One socket of a relay."""
+
+    def __init__(self, relay: Relay, side: int) -> None:
+        self.relay = relay
+        self.side = side  # 0: the client, 1: the backend
+        self.transport: asyncio.Transport | None = None
+        self.peer: Endpoint | None = None
+        self.eof = False
+        self.closed = False
+        self.bytes_read = 0
+        self._paused_peer = False
+
+    # -- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        self.relay.endpoint_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_read += len(data)
+        self.relay.activity()
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.closed:
+            peer.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        peer = self.peer
+        reason = "client closed" if self.side == 0 else "backend closed"
+        if peer is None or peer.transport is None or peer.closed or peer.eof:
+            self.relay.close(reason)
+            return False
+        if peer.transport.can_write_eof():
+            peer.transport.write_eof()
+            return True  # keep our transport open: the other direction goes on
+        self.relay.close(reason)
+        return False
+
+    def pause_writing(self) -> None:
+        # Our socket is slow: stop reading what the other side sends us.
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.closed:
+            peer.transport.pause_reading()
+            self._paused_peer = True
+
+    def resume_writing(self) -> None:
+        peer = self.peer
+        if self._paused_peer and peer is not None and peer.transport is not None:
+            self._paused_peer = False
+            if not peer.closed:
+                peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.relay.endpoint_lost(self, exc)
+
+    # -- helpers
+
+    def close(self, abort: bool = False) -> None:
+        if self.transport is not None and not self.closed:
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
+
+
+class Relay:
+    """Two endpoints and what happens to them.
+
+    The client endpoint exists first (its connection was accepted); reading
+    from it is paused until `attach_backend` joins the backend endpoint, so
+    nothing has to be buffered while the backend connection is being made.
+    `on_client()` runs when the client socket is accepted, `on_close(relay)`
+    once, when both sockets are gone.
+    """
+
+    def __init__(
+        self, on_close: Callable[[Relay], None], on_client: Callable[[], None] | None = None
+    ) -> None:
+        self.client = Endpoint(self, 0)
+        self.backend = Endpoint(self, 1)
+        self.client.peer = self.backend
+        self.backend.peer = self.client
+        self.end_reason = ""
+        self._on_close = on_close
+        self._on_client = on_client
+        self._done = False
+        self.last_activity = 0.0
+        self._track_activity = False
+
+    # -- lifecycle
+
+    def endpoint_made(self, endpoint: Endpoint) -> None:
+        if endpoint is self.client:
+            assert endpoint.transport is not None
+            endpoint.transport.pause_reading()
+            if self._on_client is not None:
+                self._on_client()
+        elif self.client.closed:
+            # The client left while we were connecting.
+            endpoint.close()
+
+    def start(self, preamble: bytes = b"") -> None:
+        """The backend is connected: send `preamble` (a PROXY header) and relay."""
+        assert self.backend.transport is not None and self.client.transport is not None
+        if preamble:
+            self.backend.transport.write(preamble)
+        if not self.client.closed:
+            self.client.transport.resume_reading()
+
+    def endpoint_lost(self, endpoint: Endpoint, exc: Exception | None) -> None:
+        peer = endpoint.peer
+        assert peer is not None
+        if not self.end_reason:
+            who = "client" if endpoint is self.client else "backend"
+            self.end_reason = f"{who} reset" if exc is not None else f"{who} closed"
+        if peer.transport is not None and not peer.closed:
+            # A reset is passed on as a reset so the other side knows the
+            # stream is incomplete; a clean close flushes what is buffered.
+            peer.close(abort=exc is not None)
+        self._maybe_done()
+
+    def close(self, reason: str, abort: bool = False) -> None:
+        """Close both sides (used on timeouts and errors)."""
+        if not self.end_reason:
+            self.end_reason = reason
+        self.client.close(abort)
+        self.backend.close(abort)
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if self._done:
+            return
+        client_gone = self.client.closed or self.client.transport is None
+        backend_gone = self.backend.closed or self.backend.transport is None
+        if client_gone and backend_gone:
+            self._done = True
+            self._on_close(self)
+
+    def backend_failed(self, reason: str) -> None:
+        """The backend connection could not be made."""
+        self.end_reason = reason
+        self.client.close(abort=False)
+        self._maybe_done()
+
+    # -- idle tracking (control connections only; data relays skip the clock)
+
+    def track_activity(self, now: float) -> None:
+        self._track_activity = True
+        self.last_activity = now
+
+    def activity(self) -> None:
+        if self._track_activity:
+            self.last_activity = asyncio.get_running_loop().time()
+
+    # -- counters
+
+    @property
+    def bytes_up(self) -> int:
+        """Client to backend."""
+        return self.client.bytes_read
+
+    @property
+    def bytes_down(self) -> int:
+        """Backend to client."""
+        return self.backend.bytes_read
+
+
+def client_addresses(transport: asyncio.BaseTransport) -> tuple[tuple[str, int], tuple[str, int]]:
+    """(peer, local) addresses of an accepted connection, IPv4-mapped IPv6 unmapped."""
+    peer = transport.get_extra_info("peername")
+    local = transport.get_extra_info("sockname")
+    return _unmap(peer), _unmap(local)
+
+
+def _unmap(addr: tuple[str, int] | tuple[str, int, int, int]) -> tuple[str, int]:
+    host = addr[0]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return host, addr[1]
+
+
+def enable_keepalive(transport: asyncio.BaseTransport) -> None:
+    """TCP keepalive on a long-lived control socket: dead peers are found eventually."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)

@@ -1,0 +1,248 @@
+"""Routed mode: control connections relayed opaquely, passive ranges forwarded.
+
+The control connection goes to the backend the policy picks, preceded by a
+PROXY header when configured; ftplb never reads it, so FTPS passes through.
+Every port of every backend's passive range has a listener here; a data
+connection to port P goes to port P on the backend that owns P (user-space
+DNAT), optionally with a PROXY header of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from typing import Any
+
+from ftplb.balancer.pool import Backend, Pool
+from ftplb.config import Config, HostPort
+from ftplb.io.relay import Relay, client_addresses, enable_keepalive
+from ftplb.proto import proxy_protocol
+
+log = logging.getLogger("ftplb.session")
+
+NO_BACKEND_REPLY = b"421 Service not available\r\n"
+TOO_MANY_REPLY = b"421 Too many sessions, try again later\r\n"
+
+
+class Session:
+    """One relayed connection (control or data) and what the log line needs."""
+
+    def __init__(self, balancer: RoutedBalancer, kind: str, backend: Backend | None) -> None:
+        self.balancer = balancer
+        self.kind = kind  # "control" or "data"
+        self.backend = backend
+        self.relay = Relay(self._closed, self.client_connected)
+        self.client_addr: tuple[str, int] = ("", 0)
+        self.local_addr: tuple[str, int] = ("", 0)
+        self.started = 0.0
+        self.counted = False
+        self._connect_task: asyncio.Task[None] | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # -- the client's side
+
+    def client_connected(self) -> None:
+        """Called from the client endpoint's connection_made (reading is paused)."""
+        loop = asyncio.get_running_loop()
+        self.started = loop.time()
+        transport = self.relay.client.transport
+        assert transport is not None
+        self.client_addr, self.local_addr = client_addresses(transport)
+        self.balancer.session_opened(self)
+
+    def refuse(self, reply: bytes, reason: str) -> None:
+        transport = self.relay.client.transport
+        assert transport is not None
+        transport.write(reply)
+        self.relay.backend_failed(reason)
+
+    def connect(self, backend: Backend, port: int, preamble: bytes) -> None:
+        self.backend = backend
+        self._connect_task = asyncio.create_task(self._connect(backend, port, preamble))
+
+    async def _connect(self, backend: Backend, port: int, preamble: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        host = backend.config.address.host
+        timeout = self.balancer.config.balancer.connect_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.create_connection(lambda: self.relay.backend, host, port)
+        except (OSError, TimeoutError) as exc:
+            reason = f"backend connect failed: {getattr(exc, 'strerror', None) or 'timeout'}"
+            if self.kind == "control" and self.relay.client.transport is not None:
+                # The session has not begun: tell the client why it ends.
+                self.refuse(NO_BACKEND_REPLY, reason)
+            else:
+                self.relay.backend_failed(reason)
+            return
+        if self.relay.client.closed:
+            self.relay.close("client closed")
+            return
+        if self.kind == "control":
+            enable_keepalive(self.relay.backend.transport)  # type: ignore[arg-type]
+        self.relay.start(preamble)
+
+    # -- idle timeout (control sessions)
+
+    def start_idle_timer(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.relay.track_activity(loop.time())
+        self._idle_timer = loop.call_later(timeout, self._idle_check, timeout)
+
+    def _idle_check(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        idle = loop.time() - self.relay.last_activity
+        if idle >= timeout and not self.balancer.has_data_connection(self):
+            self.relay.close("idle timeout")
+            return
+        # Re-arm for the rest of the period (a whole one while data flows).
+        remaining = timeout - idle if idle < timeout else timeout
+        self._idle_timer = loop.call_later(remaining, self._idle_check, timeout)
+
+    # -- the end
+
+    def _closed(self, relay: Relay) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
+        self.balancer.session_closed(self)
+
+    def log_line(self) -> str:
+        loop = asyncio.get_running_loop()
+        duration = loop.time() - self.started
+        host, port = self.client_addr
+        client = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        backend = self.backend.name if self.backend else "-"
+        extra = f" port={self.local_addr[1]}" if self.kind == "data" else ""
+        return (
+            f"{self.kind} client={client} backend={backend}{extra} "
+            f"bytes_up={self.relay.bytes_up} bytes_down={self.relay.bytes_down} "
+            f'duration={duration:.3f}s end="{self.relay.end_reason}"'
+        )
+
+
+class RoutedBalancer:
+    """Owns the listeners of routed mode and the sessions on them."""
+
+    def __init__(self, config: Config, pool: Pool) -> None:
+        self.config = config
+        self.pool = pool
+        self.servers: list[asyncio.Server] = []
+        self.control_sessions = 0
+        self.sessions_total = 0
+        self.rejected: Counter[str] = Counter()
+        # (client ip, backend name) -> open data connections: a control session
+        # whose client is moving data to its backend is not idle.
+        self._data_by_client: Counter[tuple[str, str]] = Counter()
+        self._sessions: set[Session] = set()
+
+    # -- listeners
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        listen = self.config.balancer.listen
+        self.servers.append(await self._listen(loop, listen, self._control_factory))
+        data_host = self.config.balancer.data_host
+        for backend in self.pool.backends:
+            ports = backend.config.passive_ports
+            assert ports is not None
+            for port in ports:
+                factory = self._data_factory(backend, port)
+                self.servers.append(await self._listen(loop, HostPort(data_host, port), factory))
+        log.info(
+            "routed mode: control on %s, %d data ports on %s",
+            listen,
+            len(self.servers) - 1,
+            data_host,
+        )
+
+    async def _listen(self, loop: asyncio.AbstractEventLoop, at: HostPort, factory: Any) -> Any:
+        return await loop.create_server(factory, at.host, at.port, reuse_address=True, backlog=512)
+
+    def _control_factory(self) -> Any:
+        session = Session(self, "control", None)
+        self._sessions.add(session)
+        return session.relay.client
+
+    def _data_factory(self, backend: Backend, port: int) -> Any:
+        def factory() -> Any:
+            session = Session(self, "data", backend)
+            self._sessions.add(session)
+            return session.relay.client
+
+        return factory
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+        self.servers.clear()
+
+    def close_sessions(self) -> None:
+        for session in list(self._sessions):
+            session.relay.close("balancer stopping", abort=True)
+
+    # -- sessions
+
+    def session_opened(self, session: Session) -> None:
+        client_ip = session.client_addr[0]
+        if session.kind == "data":
+            backend = session.backend
+            assert backend is not None
+            backend.data_connections_total += 1
+            self._data_by_client[(client_ip, backend.name)] += 1
+            header = b""
+            if backend.config.send_proxy_data:
+                version = self.config.proxy_version(backend.config)
+                header = proxy_protocol.encode(
+                    version if version != "off" else "v1", session.client_addr, session.local_addr
+                )
+            session.connect(backend, session.local_addr[1], header)
+            return
+
+        if self.control_sessions >= self.config.balancer.max_sessions:
+            self.rejected["max_sessions"] += 1
+            session.refuse(TOO_MANY_REPLY, "max_sessions reached")
+            return
+        backend = self.pool.choose(client_ip)
+        if backend is None:
+            self.rejected["no_backend"] += 1
+            session.refuse(NO_BACKEND_REPLY, "no healthy backend")
+            return
+        session.counted = True
+        self.control_sessions += 1
+        self.sessions_total += 1
+        backend.sessions += 1
+        backend.sessions_total += 1
+        enable_keepalive(session.relay.client.transport)  # type: ignore[arg-type]
+        header = proxy_protocol.encode(
+            self.config.proxy_version(backend.config), session.client_addr, session.local_addr
+        )
+        session.connect(backend, backend.config.address.port, header)
+        session.start_idle_timer(self.config.balancer.idle_timeout)
+
+    def session_closed(self, session: Session) -> None:
+        self._sessions.discard(session)
+        backend = session.backend
+        if backend is not None:
+            backend.bytes_in += session.relay.bytes_up
+            backend.bytes_out += session.relay.bytes_down
+        if session.kind == "data" and backend is not None:
+            key = (session.client_addr[0], backend.name)
+            self._data_by_client[key] -= 1
+            if self._data_by_client[key] <= 0:
+                del self._data_by_client[key]
+        if session.counted and backend is not None:
+            self.control_sessions -= 1
+            backend.sessions -= 1
+        log.info("%s", session.log_line())
+
+    def has_data_connection(self, session: Session) -> bool:
+        if session.backend is None:
+            return False
+        return self._data_by_client.get((session.client_addr[0], session.backend.name), 0) > 0

@@ -1,0 +1,1 @@
+"""The sans-IO protocol core: bytes in, values out; no sockets, no asyncio, no clock."""
