@@ -201,6 +201,15 @@ class Cluster:
         assert b.process is not None
         b.process.stop()
 
+    def add_fake_backend(self, name: str, host: str, port: int) -> Backend:
+        """A backend entry for a server the test runs itself (hung, refusing...)."""
+        passive = free_ports(1, BALANCER_HOST)
+        root = self.workdir / name
+        root.mkdir()
+        b = Backend(name, host, port, (passive, passive), root, kind="fake")
+        self.backends.append(b)
+        return b
+
     def add_vsftpd(self, *, passive_size: int = 20) -> Backend:
         """Debian's vsftpd as a routed-mode backend: pasv_address + its own range."""
         vsftpd = shutil.which("vsftpd") or "/usr/sbin/vsftpd"

@@ -31,6 +31,7 @@ class Endpoint(asyncio.Protocol):
         self.eof = False
         self.closed = False
         self.bytes_read = 0
+        self.early: list[bytes] = []
         self._paused_peer = False
 
     # -- asyncio callbacks
@@ -47,6 +48,12 @@ class Endpoint(asyncio.Protocol):
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.closed:
             peer.transport.write(data)
+        elif peer is not None and not peer.closed and self.transport is not None:
+            # The backend is still being connected. uvloop may start reading
+            # after connection_made despite our pause: keep this one chunk and
+            # pause again; `Relay.start` sends it first.
+            self.early.append(data)
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -128,8 +135,9 @@ class Relay:
     def start(self, preamble: bytes = b"") -> None:
         """The backend is connected: send `preamble` (a PROXY header) and relay."""
         assert self.backend.transport is not None and self.client.transport is not None
-        if preamble:
-            self.backend.transport.write(preamble)
+        early, self.client.early = self.client.early, []
+        if preamble or early:
+            self.backend.transport.write(preamble + b"".join(early))
         if not self.client.closed:
             self.client.transport.resume_reading()
 
