@@ -220,7 +220,7 @@ class Cluster:
         first = free_ports(passive_size, BALANCER_HOST)
         root = self.workdir / name
         root.mkdir()
-        root.chmod(0o777)
+        root.chmod(0o755)  # vsftpd refuses a writable chroot root
         (root / "whoami.txt").write_text(name)
         empty = self.workdir / f"{name}-empty"
         empty.mkdir()
@@ -250,7 +250,7 @@ class Cluster:
                     "port_promiscuous=NO",
                     "seccomp_sandbox=NO",
                     f"secure_chroot_dir={empty}",
-                    "ftp_username=nobody",
+                    "ftp_username=ftp",  # created by the vsftpd package
                     "idle_session_timeout=30",
                     "data_connection_timeout=30",
                     "xferlog_enable=YES",

@@ -55,7 +55,9 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 def need(tool: str) -> str:
-    path = shutil.which(tool) or (f"/usr/sbin/{tool}" if os.path.exists(f"/usr/sbin/{tool}") else None)
+    path = shutil.which(tool) or (
+        f"/usr/sbin/{tool}" if os.path.exists(f"/usr/sbin/{tool}") else None
+    )
     if path is None:
         pytest.fail(f"{tool} is not installed; `make test` installs it (Makefile DEB_PACKAGES)")
     return path

@@ -17,7 +17,9 @@ def three(cluster: Cluster) -> Cluster:
     return cluster
 
 
-def hold_sessions(cluster: Cluster, count: int, stack: ExitStack, source: str | None = None) -> list[str]:
+def hold_sessions(
+    cluster: Cluster, count: int, stack: ExitStack, source: str | None = None
+) -> list[str]:
     """Open `count` concurrent sessions and keep them open; their backends in order."""
     names = []
     for _ in range(count):

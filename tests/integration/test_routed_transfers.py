@@ -43,7 +43,9 @@ def curl(*args: str) -> bytes:
 
 def uploaded(cluster: Cluster, name: str) -> tuple[str, bytes]:
     """(backend name, content) of the one backend root holding `name`."""
-    found = [(b.name, (b.root / name).read_bytes()) for b in cluster.backends if (b.root / name).exists()]
+    found = [
+        (b.name, (b.root / name).read_bytes()) for b in cluster.backends if (b.root / name).exists()
+    ]
     assert len(found) == 1, f"{name} on {[f[0] for f in found]}"
     return found[0]
 
