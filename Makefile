@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the integration tests drive as real peers.
-DEB_PACKAGES := curl lftp vsftpd haproxy
+DEB_PACKAGES := curl lftp vsftpd haproxy iproute2
 
 .PHONY: demo test lint typecheck unit bench deps venv clean
 
