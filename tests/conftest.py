@@ -19,6 +19,16 @@ def _open_fds() -> set[int]:
     return set(map(int, os.listdir("/proc/self/fd")))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _warm_uvloop() -> None:
+    """uvloop opens a process-wide pipe with its first loop, once: not a leak."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    uvloop.new_event_loop().close()
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     """Fail a test that leaves file descriptors, threads or asyncio tasks behind."""

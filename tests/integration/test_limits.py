@@ -89,7 +89,9 @@ def test_slow_reader_does_not_grow_balancer_memory(cluster: Cluster) -> None:
                 received += len(chunk)
                 if received % (8 * 1024 * 1024) < len(chunk):
                     peak = max(peak, rss_kib(pid))
-                    time.sleep(max(0.0, received / (48 * 1024 * 1024) - (time.monotonic() - started)))
+                    time.sleep(
+                        max(0.0, received / (48 * 1024 * 1024) - (time.monotonic() - started))
+                    )
         assert ftp.voidresp().startswith("226")
     assert received == size
     growth_mib = (peak - before) / 1024

@@ -1,0 +1,152 @@
+"""The routed relay in-process against asyncio peers: early bytes, half-close, resets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any
+
+import pytest
+import uvloop
+
+from ftplb.balancer.pool import Pool
+from ftplb.config import parse_config
+from ftplb.io.routed import RoutedBalancer
+from ftplb.proto.proxy_protocol import parse_header
+from tests.cluster import free_ports
+
+LOOPS = pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+
+
+def run(coro: Coroutine[Any, Any, None], loop: str) -> None:
+    factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(coro)
+
+
+async def run_with_backend(handler, proxy: str = "off", send_proxy_data: bool = False):  # type: ignore[no-untyped-def]
+    control = free_ports(1)
+    passive = free_ports(2)
+    backend = await asyncio.start_server(handler, "127.0.1.1", 0)
+    port = backend.sockets[0].getsockname()[1]
+    config = parse_config(
+        {
+            "balancer": {"listen": f"127.0.0.1:{control}", "send_proxy": proxy},
+            "backends": [
+                {
+                    "name": "b",
+                    "address": f"127.0.1.1:{port}",
+                    "passive_ports": f"{passive}-{passive + 1}",
+                    "send_proxy_data": send_proxy_data,
+                }
+            ],
+        }
+    )
+    pool = Pool(config.backends, "leastconn")
+    pool.backends[0].up = True
+    balancer = RoutedBalancer(config, pool)
+    await balancer.start()
+    return backend, balancer, control, passive
+
+
+async def shutdown(backend: asyncio.Server, balancer: RoutedBalancer) -> None:
+    await balancer.close()
+    balancer.close_sessions()
+    backend.close()
+    await backend.wait_closed()
+    await asyncio.sleep(0.05)
+
+
+@LOOPS
+def test_bytes_sent_before_the_backend_connects_arrive_in_order(loop: str) -> None:
+    async def main() -> None:
+        async def echo_after_eof(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            data = await reader.read()  # to EOF: the client's half-close reached us
+            writer.write(data[::-1])
+            await writer.drain()
+            writer.close()
+
+        backend, balancer, control, _ = await run_with_backend(echo_after_eof)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", control)
+            payload = bytes(range(256)) * 4000
+            writer.write(payload)  # at once, before the balancer's backend connect completes
+            writer.write_eof()
+            answer = await asyncio.wait_for(reader.read(), 10)
+            assert answer == payload[::-1]
+            writer.close()
+        finally:
+            await shutdown(backend, balancer)
+
+    run(main(), loop)
+
+
+@LOOPS
+def test_data_connection_carries_the_proxy_header_first(loop: str) -> None:
+    async def main() -> None:
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await got.put(await reader.read())
+            writer.close()
+
+        backend, balancer, _, passive = await run_with_backend(record, "v2", send_proxy_data=True)
+        # The data listener forwards to the same port on the backend: point the
+        # backend's range at our recorder by listening there too.
+        recorder = await asyncio.start_server(record, "127.0.1.1", passive)
+        try:
+            _reader, writer = await asyncio.open_connection(
+                "127.0.0.1", passive, local_addr=("127.0.0.33", 0)
+            )
+            writer.write(b"file body")
+            writer.write_eof()
+            data = await asyncio.wait_for(got.get(), 10)
+            parsed = parse_header(data)
+            assert parsed is not None
+            header, length = parsed
+            assert header.version == 2
+            assert header.source is not None and header.source[0] == "127.0.0.33"
+            assert header.destination == ("127.0.0.1", passive)
+            assert data[length:] == b"file body"
+            writer.close()
+        finally:
+            recorder.close()
+            await recorder.wait_closed()
+            await shutdown(backend, balancer)
+
+    run(main(), loop)
+
+
+@LOOPS
+def test_backend_reset_resets_the_client(loop: str) -> None:
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        sock = writer.get_extra_info("socket")
+        import socket
+        import struct
+
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+
+    async def main() -> None:
+        backend, balancer, control, _ = await run_with_backend(reset)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", control)
+            writer.write(b"x")
+            with contextlib.suppress(ConnectionResetError):
+                assert await asyncio.wait_for(reader.read(), 10) == b""
+            writer.close()
+            await asyncio.sleep(0.1)
+            assert balancer.control_sessions == 0
+            assert pool_sessions(balancer) == 0
+        finally:
+            await shutdown(backend, balancer)
+
+    run(main(), loop)
+
+
+def pool_sessions(balancer: RoutedBalancer) -> int:
+    return balancer.pool.sessions
