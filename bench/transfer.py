@@ -1,0 +1,144 @@
+"""Bulk download: direct from a backend vs through ftplb routed mode.
+
+    .venv/bin/python bench/transfer.py [--size-mib 512] [--rounds 5] [--write-docs]
+
+Starts real processes (`ftplb backend`, `ftplb run`) on loopback, downloads a
+generated file with curl in interleaved rounds, and prints medians and the
+ratio. The backend runs without PROXY protocol so that the same server serves
+both rows. With --write-docs the table goes into docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.cluster import BALANCER_HOST, PASSWORD, USER, cluster_at  # noqa: E402
+
+MIB = 1024 * 1024
+
+
+def make_file(path: Path, size: int) -> None:
+    chunk = os.urandom(4 * MIB)
+    with open(path, "wb") as f:
+        written = 0
+        while written < size:
+            n = min(len(chunk), size - written)
+            f.write(chunk[:n])
+            written += n
+
+
+def download(url: str, size: int) -> None:
+    """One curl download to /dev/null; fails unless all `size` bytes arrived."""
+    done = subprocess.run(
+        ["curl", "-sS", "--max-time", "300", "-o", "/dev/null", "-w", "%{size_download}", url],
+        capture_output=True,
+        text=True,
+        timeout=330,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"curl failed on {url}: {done.stderr}")
+    if int(done.stdout) != size:
+        raise SystemExit(f"{url}: got {done.stdout} bytes, expected {size}")
+
+
+def timed_download(url: str, size: int) -> float:
+    """MiB/s of one download."""
+    started = time.perf_counter()
+    download(url, size)
+    return size / MIB / (time.perf_counter() - started)
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import uvloop
+
+        loop = f"uvloop {uvloop.__version__}"
+    except ImportError:
+        loop = "asyncio"
+    return (
+        f"{os.cpu_count()} cores ({model}), Linux {platform.release()}, "
+        f"Python {platform.python_version()}, {loop}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size-mib", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args()
+    size = args.size_mib * MIB
+
+    with tempfile.TemporaryDirectory(prefix="ftplb-bench-") as tmp, cluster_at(Path(tmp)) as c:
+        backend = c.add_backend(proxy_protocol=False, passive_size=50)
+        make_file(backend.root / "big.bin", size)
+        c.start_balancer(send_proxy="off")
+        rows = {
+            "direct (curl <- backend)": f"ftp://{USER}:{PASSWORD}@{backend.address}/big.bin",
+            "ftplb routed (curl <- ftplb <- backend)": (
+                f"ftp://{USER}:{PASSWORD}@{BALANCER_HOST}:{c.balancer_port}/big.bin"
+            ),
+        }
+        for url in rows.values():  # warm the page cache and both paths
+            timed_download(url, size)
+        results: dict[str, list[float]] = {name: [] for name in rows}
+        for _ in range(args.rounds):
+            for name, url in rows.items():
+                results[name].append(timed_download(url, size))
+
+    direct = statistics.median(results["direct (curl <- backend)"])
+    lines = [
+        f"Bulk download of a {args.size_mib} MiB file, {args.rounds} interleaved rounds, "
+        "median MiB/s (curl to /dev/null, loopback).",
+        "",
+        "| path | MiB/s (median) | min | max | ratio to direct |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, values in results.items():
+        med = statistics.median(values)
+        lines.append(
+            f"| {name} | {med:,.0f} | {min(values):,.0f} | {max(values):,.0f} | {med / direct:.2f} |"
+        )
+    lines += ["", f"Machine: {machine()}."]
+    table = "\n".join(lines)
+    print(table)
+    if args.write_docs:
+        write_docs(table)
+    return 0
+
+
+def write_docs(table: str) -> None:
+    path = ROOT / "docs" / "performance.md"
+    text = path.read_text() if path.exists() else ""
+    start, end = "<!-- bench/transfer.py -->", "<!-- /bench/transfer.py -->"
+    block = f"{start}\n{table}\n\nRun on {time.strftime('%Y-%m-%d')}.\n{end}"
+    if start in text and end in text:
+        before = text[: text.index(start)]
+        after = text[text.index(end) + len(end) :]
+        text = before + block + after
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
