@@ -115,9 +115,8 @@ def main() -> int:
     ]
     for name, values in results.items():
         med = statistics.median(values)
-        lines.append(
-            f"| {name} | {med:,.0f} | {min(values):,.0f} | {max(values):,.0f} | {med / direct:.2f} |"
-        )
+        low, high = min(values), max(values)
+        lines.append(f"| {name} | {med:,.0f} | {low:,.0f} | {high:,.0f} | {med / direct:.2f} |")
     lines += ["", f"Machine: {machine()}."]
     table = "\n".join(lines)
     print(table)

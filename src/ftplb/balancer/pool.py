@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from ftplb.balancer.policies import Policy, make_policy
@@ -25,6 +25,7 @@ class Backend:
     """Bytes from this backend to clients (control and data)."""
     data_connections_total: int = 0
     check_failures_total: int = 0
+    connect_failures_total: int = 0
     last_check: str = "not checked yet"
     last_change: float = 0.0
     weight: int = field(default=0)
@@ -50,9 +51,11 @@ class Pool:
         self.by_name = {b.name: b for b in self.backends}
         self.policy: Policy = make_policy(policy)
 
-    def choose(self, client_ip: str, key: str | None = None) -> Backend | None:
+    def choose(
+        self, client_ip: str, key: str | None = None, exclude: Collection[str] = ()
+    ) -> Backend | None:
         """The backend for a new session from `client_ip`, or None if none is available."""
-        candidates = [b for b in self.backends if b.available]
+        candidates = [b for b in self.backends if b.available and b.name not in exclude]
         if not candidates:
             return None
         return self.policy.choose(candidates, key if key is not None else client_ip)

@@ -38,6 +38,7 @@ class Session:
         self.local_addr: tuple[str, int] = ("", 0)
         self.started = 0.0
         self.counted = False
+        self.tried: set[str] = set()
         self._connect_task: asyncio.Task[None] | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
 
@@ -64,19 +65,28 @@ class Session:
 
     async def _connect(self, backend: Backend, port: int, preamble: bytes) -> None:
         loop = asyncio.get_running_loop()
-        host = backend.config.address.host
         timeout = self.balancer.config.balancer.connect_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                await loop.create_connection(lambda: self.relay.backend, host, port)
-        except (OSError, TimeoutError) as exc:
-            reason = f"backend connect failed: {getattr(exc, 'strerror', None) or 'timeout'}"
-            if self.kind == "control" and self.relay.client.transport is not None:
-                # The session has not begun: tell the client why it ends.
-                self.refuse(NO_BACKEND_REPLY, reason)
-            else:
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    await loop.create_connection(
+                        lambda: self.relay.backend, backend.config.address.host, port
+                    )
+                break
+            except (OSError, TimeoutError) as exc:
+                reason = f"backend connect failed: {getattr(exc, 'strerror', None) or 'timeout'}"
+            if self.kind != "control":
                 self.relay.backend_failed(reason)
-            return
+                return
+            # Nothing has reached the client yet: try another backend before
+            # giving up (HAProxy's redispatch).
+            log.warning("backend %s: %s; redispatching", backend.name, reason)
+            other = self.balancer.redispatch(self, backend)
+            if other is None or self.relay.client.closed:
+                self.refuse(NO_BACKEND_REPLY, reason)
+                return
+            backend, port = other, other.config.address.port
+            preamble = self.balancer.control_preamble(self, other)
         if self.relay.client.closed:
             self.relay.close("client closed")
             return
@@ -217,14 +227,34 @@ class RoutedBalancer:
         session.counted = True
         self.control_sessions += 1
         self.sessions_total += 1
-        backend.sessions += 1
-        backend.sessions_total += 1
+        self._assign(session, backend)
         enable_keepalive(session.relay.client.transport)  # type: ignore[arg-type]
-        header = proxy_protocol.encode(
-            self.config.proxy_version(backend.config), session.client_addr, session.local_addr
-        )
+        header = self.control_preamble(session, backend)
         session.connect(backend, backend.config.address.port, header)
         session.start_idle_timer(self.config.balancer.idle_timeout)
+
+    def _assign(self, session: Session, backend: Backend) -> None:
+        session.backend = backend
+        session.tried.add(backend.name)
+        backend.sessions += 1
+        backend.sessions_total += 1
+
+    def control_preamble(self, session: Session, backend: Backend) -> bytes:
+        version = self.config.proxy_version(backend.config)
+        return proxy_protocol.encode(version, session.client_addr, session.local_addr)
+
+    def redispatch(self, session: Session, failed: Backend) -> Backend | None:
+        """Move a session whose backend refused the connection to another one."""
+        failed.sessions -= 1
+        failed.connect_failures_total += 1
+        other = self.pool.choose(session.client_addr[0], exclude=session.tried)
+        if other is None:
+            session.backend = None
+            session.counted = False
+            self.control_sessions -= 1
+            return None
+        self._assign(session, other)
+        return other
 
     def session_closed(self, session: Session) -> None:
         self._sessions.discard(session)
