@@ -12,6 +12,7 @@ from collections.abc import Callable
 from ftplb.balancer.pool import Pool
 from ftplb.config import Config
 from ftplb.io.health import HealthChecker
+from ftplb.io.inspect import InspectBalancer
 from ftplb.io.routed import RoutedBalancer
 
 log = logging.getLogger("ftplb")
@@ -40,14 +41,15 @@ def install_uvloop() -> bool:
 
 async def serve(config: Config, started: Callable[[], None] | None = None) -> int:
     """Run the balancer until SIGINT/SIGTERM. Returns the exit code."""
-    if config.balancer.mode != "routed":
-        log.error("%s: balancer.mode: inspect mode is not available yet", config.path)
-        return 2
     pool = Pool(config.backends, config.balancer.balance)
     health = HealthChecker(config, pool)
     # The first round runs before we accept anyone, so no client meets a dead backend.
     await health.first_round()
-    balancer = RoutedBalancer(config, pool)
+    balancer: RoutedBalancer | InspectBalancer
+    if config.balancer.mode == "inspect":
+        balancer = InspectBalancer(config, pool)
+    else:
+        balancer = RoutedBalancer(config, pool)
     try:
         await balancer.start()
     except OSError as exc:

@@ -84,8 +84,17 @@ def plan(config: Config) -> list[str]:
                 "sockets on the same host; set balancer.data_listen to a specific address"
             )
     else:
-        lines.append(f"data: the balancer's own ports {b.data_ports} on {b.data_host}")
-        lines.append("note: inspect mode is not available yet in this version")
+        lines.append(
+            f"data: the balancer's own passive ports {b.data_ports} (on the address each client "
+            f"reached, or data_listen); active-mode connections leave from there too"
+        )
+        lines.append(
+            f"logins: {b.max_login_failures} failures in {b.login_failure_window:g}s ban an "
+            f"address for {b.ban_time:g}s; login_timeout {b.login_timeout:g}s; "
+            f"max_per_ip {b.max_per_ip or 'unlimited'}"
+        )
+        for user, backend in sorted(config.users.items()):
+            lines.append(f"user {user} -> {backend}")
     return lines
 
 

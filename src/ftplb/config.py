@@ -77,6 +77,18 @@ class BalancerConfig:
     """Seconds without traffic on a control connection (and no data connection) before closing."""
     connect_timeout: float = 5.0
     """Seconds to wait for a backend's TCP connect."""
+    data_timeout: float = 30.0
+    """Inspect mode: seconds a passive listener waits for the client's data connection."""
+    login_timeout: float = 60.0
+    """Inspect mode: seconds a client has to log in."""
+    max_per_ip: int = 0
+    """Inspect mode: concurrent sessions from one client address (0: no limit)."""
+    max_login_failures: int = 5
+    """Inspect mode: failed logins from one address within `login_failure_window` before a ban."""
+    login_failure_window: float = 300.0
+    """Inspect mode: seconds over which failed logins are counted."""
+    ban_time: float = 600.0
+    """Inspect mode: seconds a banned address is refused (421)."""
 
     @property
     def data_host(self) -> str:
@@ -149,6 +161,8 @@ class Config:
     tls: TlsConfig
     admin: AdminConfig
     backends: tuple[BackendConfig, ...] = field(default_factory=tuple)
+    users: dict[str, str] = field(default_factory=dict)
+    """Inspect mode: user name -> backend name, pinned before any policy."""
 
     def proxy_version(self, backend: BackendConfig) -> str:
         """The PROXY protocol version sent to `backend` on its control connection."""
@@ -291,8 +305,24 @@ def parse_config(data: dict[str, Any], file: str = "<config>") -> Config:
     tls = _parse_tls(_Table(file, "tls", top.get("tls", dict, {})))
     admin = _parse_admin(_Table(file, "admin", top.get("admin", dict, {})))
     backends = _parse_backends(file, top.get("backends", list, []), balancer)
+    users = _parse_users(_Table(file, "users", top.get("users", dict, {})), backends, balancer)
     top.finish()
-    return Config(file, balancer, health, tls, admin, backends)
+    return Config(file, balancer, health, tls, admin, backends, users)
+
+
+def _parse_users(
+    t: _Table, backends: tuple[BackendConfig, ...], balancer: BalancerConfig
+) -> dict[str, str]:
+    names = {b.name for b in backends}
+    users: dict[str, str] = {}
+    for user in t.data:
+        backend = t.get(user, str, "")
+        if backend not in names:
+            raise t.error(user, f"{backend!r} is not the name of a backend")
+        users[user] = backend
+    if users and balancer.mode != "inspect":
+        raise ConfigError(t.file, "users", 'needs mode = "inspect" (routed mode never sees USER)')
+    return users
 
 
 def _parse_balancer(t: _Table) -> BalancerConfig:
@@ -318,6 +348,16 @@ def _parse_balancer(t: _Table) -> BalancerConfig:
         max_sessions=t.number("max_sessions", d.max_sessions, low=1, high=1e7, integer=True),
         idle_timeout=t.number("idle_timeout", d.idle_timeout, low=1, high=86400 * 7),
         connect_timeout=t.number("connect_timeout", d.connect_timeout, low=0.1, high=300),
+        data_timeout=t.number("data_timeout", d.data_timeout, low=0.1, high=3600),
+        login_timeout=t.number("login_timeout", d.login_timeout, low=0.1, high=3600),
+        max_per_ip=t.number("max_per_ip", d.max_per_ip, low=0, high=1e7, integer=True),
+        max_login_failures=t.number(
+            "max_login_failures", d.max_login_failures, low=0, high=1e6, integer=True
+        ),
+        login_failure_window=t.number(
+            "login_failure_window", d.login_failure_window, low=1, high=86400 * 7
+        ),
+        ban_time=t.number("ban_time", d.ban_time, low=0, high=86400 * 365),
     )
     if cfg.balance == "user" and cfg.mode != "inspect":
         raise t.error("balance", '"user" needs mode = "inspect" (routed mode never sees USER)')

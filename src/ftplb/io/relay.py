@@ -49,9 +49,9 @@ class Endpoint(asyncio.Protocol):
         if peer is not None and peer.transport is not None and not peer.closed:
             peer.transport.write(data)
         elif peer is not None and not peer.closed and self.transport is not None:
-            # The backend is still being connected. uvloop may start reading
-            # after connection_made despite our pause: keep this one chunk and
-            # pause again; `Relay.start` sends it first.
+            # The other side is still being connected. uvloop may start
+            # reading after connection_made despite our pause: keep this one
+            # chunk and pause again; `Relay.start` sends it first.
             self.early.append(data)
             self.transport.pause_reading()
 
@@ -99,9 +99,8 @@ class Endpoint(asyncio.Protocol):
 class Relay:
     """Two endpoints and what happens to them.
 
-    The client endpoint exists first (its connection was accepted); reading
-    from it is paused until `attach_backend` joins the backend endpoint, so
-    nothing has to be buffered while the backend connection is being made.
+    Either side may connect first; each is paused until `start` joins them,
+    so nothing has to be buffered while the other connection is being made.
     `on_client()` runs when the client socket is accepted, `on_close(relay)`
     once, when both sockets are gone.
     """
@@ -115,7 +114,7 @@ class Relay:
         self.backend.peer = self.client
         self.end_reason = ""
         self._on_close = on_close
-        self._on_client = on_client
+        self.on_client = on_client
         self._done = False
         self.last_activity = 0.0
         self._track_activity = False
@@ -123,23 +122,33 @@ class Relay:
     # -- lifecycle
 
     def endpoint_made(self, endpoint: Endpoint) -> None:
+        # Nothing is read until both sides are there (`start`).
+        assert endpoint.transport is not None
+        endpoint.transport.pause_reading()
         if endpoint is self.client:
-            assert endpoint.transport is not None
-            endpoint.transport.pause_reading()
-            if self._on_client is not None:
-                self._on_client()
-        elif self.client.closed:
+            if self.on_client is not None:
+                self.on_client()
+        elif self._done or self.client.closed:
             # The client left while we were connecting.
             endpoint.close()
 
+    @property
+    def connected(self) -> bool:
+        """Both sockets are open."""
+        return all(e.transport is not None and not e.closed for e in (self.client, self.backend))
+
     def start(self, preamble: bytes = b"") -> None:
-        """The backend is connected: send `preamble` (a PROXY header) and relay."""
+        """Both sides are connected: send `preamble` (a PROXY header) to the backend, then relay."""
         assert self.backend.transport is not None and self.client.transport is not None
-        early, self.client.early = self.client.early, []
-        if preamble or early:
-            self.backend.transport.write(preamble + b"".join(early))
-        if not self.client.closed:
-            self.client.transport.resume_reading()
+        for side in (self.client, self.backend):
+            early, side.early = side.early, []
+            head = preamble if side is self.client else b""
+            if head or early:
+                assert side.peer is not None and side.peer.transport is not None
+                side.peer.transport.write(head + b"".join(early))
+        for side in (self.client, self.backend):
+            if not side.closed and side.transport is not None:
+                side.transport.resume_reading()
 
     def endpoint_lost(self, endpoint: Endpoint, exc: Exception | None) -> None:
         peer = endpoint.peer

@@ -65,7 +65,8 @@ class ReplyReader:
     def feed(self, data: bytes) -> list[Reply]:
         replies: list[Reply] = []
         for raw in self._lines.feed(data):
-            line = raw.decode("utf-8", "replace")
+            # surrogateescape: non-UTF-8 bytes (file names) survive a round trip.
+            line = raw.decode("utf-8", "surrogateescape")
             if not self._pending:
                 code = _reply_code(line)
                 if len(line) > 3 and line[3] == "-":

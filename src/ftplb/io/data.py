@@ -1,0 +1,197 @@
+"""Inspect mode's data channels: our passive listeners, active connects, the join.
+
+A `DataChannel` pairs the client's data connection with one to the backend's
+passive port and relays between them (`io.relay.Relay`). In passive mode the
+client's side is accepted on a port from `data_ports`, only from the control
+connection's client address; in active mode both sides are connected by us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ftplb.config import PortRange
+from ftplb.io.relay import Relay, client_addresses
+from ftplb.proto.addresses import same_host
+
+log = logging.getLogger("ftplb.data")
+
+
+class DataPorts:
+    """Hands out ports of `data_ports` round-robin, skipping ones in use."""
+
+    def __init__(self, ports: PortRange) -> None:
+        self.ports = ports
+        self._next = ports.first
+
+    def candidates(self) -> list[int]:
+        start = self._next
+        span = len(self.ports)
+        order = [self.ports.first + (start - self.ports.first + i) % span for i in range(span)]
+        return order
+
+    def used(self, port: int) -> None:
+        self._next = port + 1 if port < self.ports.last else self.ports.first
+
+
+class DataChannel:
+    """One data connection pair. `on_open()` when both sides are up, `on_close(up, down)` once."""
+
+    def __init__(
+        self,
+        label: str,
+        on_open: Callable[[], None],
+        on_close: Callable[[int, int], None],
+    ) -> None:
+        self.label = label
+        self._on_open = on_open
+        self._on_close = on_close
+        self.relay: Relay | None = None
+        self.server: asyncio.Server | None = None
+        self.closed = False
+        self.mode = "active"
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._opened = False
+        self._refused: set[Relay] = set()
+
+    # -- passive: the client connects to us
+
+    async def listen(
+        self,
+        host: str,
+        ports: DataPorts,
+        client_ip: str,
+        backend: tuple[str, int],
+        timeout: float,
+    ) -> int:
+        """Open a listener on a free port of `ports`; returns the port. Raises OSError."""
+        loop = asyncio.get_running_loop()
+        self.mode = "passive"
+        last_error: OSError | None = None
+        for port in ports.candidates()[:64]:
+            try:
+                self.server = await loop.create_server(
+                    lambda: self._candidate(client_ip, backend).client,
+                    host,
+                    port,
+                    reuse_address=True,
+                    backlog=8,
+                )
+            except OSError as exc:
+                last_error = exc
+                continue
+            ports.used(port)
+            if self.closed:  # closed while we were binding
+                self.server.close()
+                raise OSError("data channel closed")
+            self._timer = loop.call_later(timeout, self._listen_timeout, timeout)
+            return port
+        raise last_error or OSError("no free data port")
+
+    def _candidate(self, client_ip: str, backend: tuple[str, int]) -> Relay:
+        relay = Relay(self._relay_closed)
+        relay.on_client = lambda: self._accepted(relay, client_ip, backend)
+        return relay
+
+    def _accepted(self, relay: Relay, client_ip: str, backend: tuple[str, int]) -> None:
+        transport = relay.client.transport
+        assert transport is not None
+        peer, _ = client_addresses(transport)
+        if not same_host(peer[0], client_ip) or self.relay is not None or self.closed:
+            # PASV hijacking (or a second connection): refuse, keep listening.
+            log.warning(
+                "%s: data connection from %s:%d refused (the session's client is %s)",
+                self.label,
+                peer[0],
+                peer[1],
+                client_ip,
+            )
+            self._refused.add(relay)
+            transport.abort()
+            return
+        self.relay = relay
+        self._stop_listening()
+        self.connect_backend(backend)
+
+    def _listen_timeout(self, timeout: float) -> None:
+        if self.relay is None and not self.closed:
+            log.info("%s: no data connection within %gs", self.label, timeout)
+            self.close()
+
+    def _stop_listening(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+    # -- connections we make
+
+    def connect_backend(self, backend: tuple[str, int]) -> None:
+        if self.relay is None:
+            self.relay = Relay(self._relay_closed)
+        relay = self.relay
+        self._spawn(self._connect(lambda: relay.backend, backend, None))
+
+    def connect_client(self, target: tuple[str, int], source_host: str) -> None:
+        if self.relay is None:
+            self.relay = Relay(self._relay_closed)
+        relay = self.relay
+        self._spawn(self._connect(lambda: relay.client, target, (source_host, 0)))
+
+    async def _connect(
+        self,
+        factory: Callable[[], asyncio.Protocol],
+        address: tuple[str, int],
+        local: tuple[str, int] | None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(10):
+                await loop.create_connection(factory, address[0], address[1], local_addr=local)
+        except (OSError, TimeoutError) as exc:
+            log.warning("%s: data connect to %s:%d failed: %s", self.label, *address, exc)
+            self.close()
+            return
+        self._maybe_start()
+
+    def _maybe_start(self) -> None:
+        relay = self.relay
+        if relay is None or self.closed or self._opened or not relay.connected:
+            return
+        self._opened = True
+        relay.start()
+        self._on_open()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the end
+
+    def _relay_closed(self, relay: Relay) -> None:
+        if relay in self._refused:
+            self._refused.discard(relay)
+            return
+        if relay is self.relay:
+            self.closed = True
+            self._stop_listening()
+            if self._opened:
+                self._on_close(relay.bytes_up, relay.bytes_down)
+
+    def close(self) -> None:
+        """Drop everything; a relay in progress is aborted."""
+        if self.closed and self.relay is None:
+            return
+        self.closed = True
+        self._stop_listening()
+        for task in list(self._tasks):
+            task.cancel()
+        if self.relay is not None:
+            self.relay.close("data channel closed", abort=True)

@@ -1,0 +1,480 @@
+"""Inspect mode: runs proto/session.py against real sockets.
+
+Each client control connection gets a `ControlSession`: two small Protocols
+(client side, backend side) feed bytes to an `InspectSession` and carry out
+the commands it returns. Data channels live in io/data.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from collections import Counter
+from typing import Any, cast
+
+from ftplb.balancer.guard import LoginGuard
+from ftplb.balancer.pool import Backend, Pool
+from ftplb.config import Config
+from ftplb.io.data import DataChannel, DataPorts
+from ftplb.io.relay import HIGH_WATER, LOW_WATER, client_addresses, enable_keepalive
+from ftplb.proto import proxy_protocol
+from ftplb.proto.ftp import reply
+from ftplb.proto.session import (
+    Close,
+    CloseData,
+    Cmd,
+    ConnectBackend,
+    ConnectBackendData,
+    ConnectClientData,
+    InspectSession,
+    ListenData,
+    Log,
+    LoginResult,
+    SendBackend,
+    SendClient,
+    SessionSettings,
+)
+
+log = logging.getLogger("ftplb.session")
+
+
+class _Side(asyncio.Protocol):
+    """One control socket; passes events to its ControlSession."""
+
+    def __init__(self, session: ControlSession, is_client: bool) -> None:
+        self.session = session
+        self.is_client = is_client
+        self.transport: asyncio.Transport | None = None
+        self.bytes_read = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        if self.is_client:
+            self.session.client_connected()
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_read += len(data)
+        if self.is_client:
+            self.session.client_data(data)
+        else:
+            self.session.backend_data(data)
+
+    def eof_received(self) -> bool:
+        return False  # a half-closed control connection is a closed one
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.side_lost(self, exc)
+
+    # A slow reader on this side: stop reading from the other.
+    def pause_writing(self) -> None:
+        other = self.session.other(self)
+        if other is not None and other.transport is not None:
+            other.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        other = self.session.other(self)
+        if other is not None and other.transport is not None:
+            other.transport.resume_reading()
+
+
+class ControlSession:
+    def __init__(self, balancer: InspectBalancer) -> None:
+        self.balancer = balancer
+        self.client = _Side(self, True)
+        self.backend_side: _Side | None = None
+        self.backend: Backend | None = None
+        self.core: InspectSession | None = None
+        self.client_addr: tuple[str, int] = ("", 0)
+        self.local_addr: tuple[str, int] = ("", 0)
+        self.data: DataChannel | None = None
+        self.started = 0.0
+        self.end_reason = ""
+        self.closed = False
+        self.counted = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tried: set[str] = set()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    def other(self, side: _Side) -> _Side | None:
+        return self.backend_side if side is self.client else self.client
+
+    # -- events from the sockets
+
+    def client_connected(self) -> None:
+        transport = self.client.transport
+        assert transport is not None
+        self.started = self.loop.time()
+        self.client_addr, self.local_addr = client_addresses(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # ABOR arrives as urgent data: keep it in the stream.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+        refusal = self.balancer.admit(self)
+        if refusal:
+            transport.write(reply(421, refusal))
+            self.close(refusal)
+            return
+        self.counted = True
+        enable_keepalive(transport)
+        b = self.balancer.config.balancer
+        self.core = InspectSession(
+            SessionSettings(
+                client=self.client_addr,
+                public_address=b.public_address,
+                balance_by_user=b.balance == "user",
+                login_timeout=b.login_timeout,
+                idle_timeout=b.idle_timeout,
+            )
+        )
+        self.run(self.core.start(self.loop.time()))
+
+    def client_data(self, data: bytes) -> None:
+        if self.core is not None and not self.closed:
+            self.run(self.core.client_data(data, self.loop.time()))
+
+    def backend_data(self, data: bytes) -> None:
+        if self.core is not None and not self.closed:
+            self.run(self.core.backend_data(data, self.loop.time()))
+
+    def side_lost(self, side: _Side, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        if side is self.client:
+            self.close("client reset" if exc else "client closed")
+        elif self.core is not None:
+            self.run(self.core.backend_closed())
+        else:
+            self.close("backend closed")
+
+    # -- carrying out the core's commands
+
+    def run(self, commands: list[Cmd]) -> None:
+        for cmd in commands:
+            if self.closed:
+                return
+            self._do(cmd)
+        self._arm_timer()
+
+    def _do(self, cmd: Cmd) -> None:
+        match cmd:
+            case SendClient(data):
+                if self.client.transport is not None:
+                    self.client.transport.write(data)
+            case SendBackend(data):
+                if self.backend_side is not None and self.backend_side.transport is not None:
+                    self.backend_side.transport.write(data)
+            case ConnectBackend(user):
+                self._connect_backend(user)
+            case Close(reason):
+                self.close(reason)
+            case ListenData(backend, client_ip):
+                self._listen(backend, client_ip)
+            case ConnectBackendData(backend):
+                self._new_channel().connect_backend(backend)
+            case ConnectClientData(target):
+                channel = self.data if self.data is not None else self._new_channel()
+                channel.connect_client(target, self._source_host())
+            case CloseData():
+                self._close_data()
+            case LoginResult(ok, user):
+                self.balancer.login_result(self, ok, user)
+            case Log(message):
+                log.info("%s %s", self.who(), message)
+
+    def who(self) -> str:
+        user = self.core.user if self.core is not None and self.core.user else "-"
+        return f"client={_fmt(self.client_addr)} user={user}"
+
+    def _source_host(self) -> str:
+        """Active-mode connections leave from where the client reached us."""
+        data_listen = self.balancer.config.balancer.data_listen
+        if data_listen and _family(data_listen) == _family(self.client_addr[0]):
+            return data_listen
+        return self.local_addr[0]
+
+    def _listen_host(self) -> str:
+        return self._source_host()
+
+    # -- backend control connection
+
+    def _connect_backend(self, user: str | None) -> None:
+        backend = self.balancer.choose(self, user)
+        if backend is None:
+            self.balancer.rejected["no_backend"] += 1
+            assert self.core is not None
+            self.run(self.core.backend_failed("no healthy backend"))
+            return
+        self._assign(backend)
+        self._spawn(self._connect(backend, user))
+
+    def _assign(self, backend: Backend) -> None:
+        self.backend = backend
+        self._tried.add(backend.name)
+        backend.sessions += 1
+        backend.sessions_total += 1
+
+    async def _connect(self, backend: Backend, user: str | None) -> None:
+        timeout = self.balancer.config.balancer.connect_timeout
+        while True:
+            side = _Side(self, False)
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.loop.create_connection(
+                        lambda side=side: side,  # type: ignore[misc]
+                        backend.config.address.host,
+                        backend.config.address.port,
+                    )
+                break
+            except (OSError, TimeoutError) as exc:
+                reason = f"backend connect failed: {getattr(exc, 'strerror', None) or 'timeout'}"
+            log.warning("backend %s: %s; redispatching", backend.name, reason)
+            backend.sessions -= 1
+            backend.connect_failures_total += 1
+            self.backend = None
+            other = self.balancer.choose(self, user, exclude=self._tried)
+            if other is None or self.closed:
+                if self.core is not None and not self.closed:
+                    self.run(self.core.backend_failed(reason))
+                return
+            backend = other
+            self._assign(backend)
+        if self.closed:
+            if side.transport is not None:
+                side.transport.close()
+            return
+        self.backend_side = side
+        assert side.transport is not None
+        enable_keepalive(side.transport)
+        version = self.balancer.config.proxy_version(backend.config)
+        header = proxy_protocol.encode(version, self.client_addr, self.local_addr)
+        if header:
+            side.transport.write(header)
+        peer = side.transport.get_extra_info("peername")
+        assert self.core is not None
+        self.run(self.core.backend_connected(backend.name, peer[0], self.loop.time()))
+
+    # -- data channels
+
+    def _new_channel(self) -> DataChannel:
+        self._close_data()
+        label = f"{self.who()} backend={self.backend.name if self.backend else '-'}"
+        channel = DataChannel(label, self._data_opened, self._data_closed)
+        self.data = channel
+        return channel
+
+    def _listen(self, backend: tuple[str, int], client_ip: str) -> None:
+        channel = self._new_channel()
+        b = self.balancer.config.balancer
+
+        async def go() -> None:
+            try:
+                port = await channel.listen(
+                    self._listen_host(), self.balancer.ports, client_ip, backend, b.data_timeout
+                )
+            except OSError as exc:
+                log.warning("%s: cannot open a data port: %s", self.who(), exc)
+                if self.core is not None and not self.closed:
+                    self.run(self.core.data_listen_failed())
+                return
+            if self.core is not None and not self.closed:
+                self.run(self.core.data_listening(port))
+
+        self._spawn(go())
+
+    def _data_opened(self) -> None:
+        if self.data is not None:
+            self.balancer.data_connections[self.data.mode] += 1
+        if self.core is not None and not self.closed:
+            self.run(self.core.data_opened(self.loop.time()))
+
+    def _data_closed(self, up: int, down: int) -> None:
+        if self.backend is not None:
+            self.backend.bytes_in += up
+            self.backend.bytes_out += down
+        if self.core is not None and not self.closed:
+            self.run(self.core.data_closed(up, down, self.loop.time()))
+
+    def _close_data(self) -> None:
+        if self.data is not None:
+            self.data.close()
+            self.data = None
+
+    # -- timers, tasks, the end
+
+    def _arm_timer(self) -> None:
+        if self.core is None or self.closed:
+            return
+        deadline = self.core.next_deadline()
+        if self._timer is not None and self._timer.when() <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(deadline, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self.core is not None and not self.closed:
+            self.run(self.core.tick(self.loop.time()))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.end_reason = reason
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        # A transfer in progress may outlive the control connection briefly;
+        # dropping it is what a server does when its control connection dies.
+        self._close_data()
+        if self.client.transport is not None:
+            self.client.transport.close()
+        if self.backend_side is not None and self.backend_side.transport is not None:
+            self.backend_side.transport.close()
+        self.balancer.session_closed(self)
+
+    def log_line(self) -> str:
+        duration = self.loop.time() - self.started
+        core = self.core
+        backend = self.backend.name if self.backend else "-"
+        up = self.client.bytes_read
+        down = self.backend_side.bytes_read if self.backend_side else 0
+        transfers = core.transfers if core else 0
+        return (
+            f"control {self.who()} backend={backend} bytes_up={up} bytes_down={down} "
+            f'transfers={transfers} duration={duration:.3f}s end="{self.end_reason}"'
+        )
+
+
+class InspectBalancer:
+    """Owns inspect mode's control listener, the data port pool and the sessions."""
+
+    def __init__(self, config: Config, pool: Pool) -> None:
+        self.config = config
+        self.pool = pool
+        b = config.balancer
+        self.ports = DataPorts(b.data_ports)
+        self.guard = LoginGuard(b.max_login_failures, b.login_failure_window, b.ban_time)
+        self.servers: list[asyncio.Server] = []
+        self.sessions: set[ControlSession] = set()
+        self.control_sessions = 0
+        self.sessions_total = 0
+        self.per_ip: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.logins: Counter[str] = Counter()
+        self.data_connections: Counter[str] = Counter()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        listen = self.config.balancer.listen
+        server = await loop.create_server(
+            self._factory, listen.host, listen.port, reuse_address=True, backlog=512
+        )
+        self.servers.append(server)
+        log.info(
+            "inspect mode: control on %s, data ports %s, clients are told %s",
+            listen,
+            self.config.balancer.data_ports,
+            self.config.balancer.public_address,
+        )
+
+    def _factory(self) -> asyncio.Protocol:
+        session = ControlSession(self)
+        self.sessions.add(session)
+        return session.client
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+        self.servers.clear()
+
+    def close_sessions(self) -> None:
+        for session in list(self.sessions):
+            session.close("balancer stopping")
+
+    # -- admission and choice
+
+    def admit(self, session: ControlSession) -> str:
+        """'' to let the session in, else the 421 text."""
+        b = self.config.balancer
+        ip = session.client_addr[0]
+        now = asyncio.get_running_loop().time()
+        if self.guard.banned(ip, now):
+            self.rejected["banned"] += 1
+            return "Too many failed logins from your address, try again later."
+        if self.control_sessions >= b.max_sessions:
+            self.rejected["max_sessions"] += 1
+            return "Too many sessions, try again later"
+        if b.max_per_ip and self.per_ip[ip] >= b.max_per_ip:
+            self.rejected["max_per_ip"] += 1
+            return "Too many sessions from your address."
+        self.control_sessions += 1
+        self.sessions_total += 1
+        self.per_ip[ip] += 1
+        return ""
+
+    def choose(
+        self, session: ControlSession, user: str | None, exclude: set[str] | None = None
+    ) -> Backend | None:
+        exclude = exclude or set()
+        if user is not None:
+            pinned = self.pool.by_name.get(self.config.users.get(user, ""))
+            if pinned is not None and pinned.available and pinned.name not in exclude:
+                return pinned
+        key = user if user is not None and self.config.balancer.balance == "user" else None
+        return self.pool.choose(session.client_addr[0], key=key, exclude=exclude)
+
+    def login_result(self, session: ControlSession, ok: bool, user: str) -> None:
+        self.logins["success" if ok else "failure"] += 1
+        if ok:
+            where = session.backend.name if session.backend else "-"
+            log.info("%s logged in on %s", session.who(), where)
+            return
+        ip = session.client_addr[0]
+        if self.guard.failed(ip, asyncio.get_running_loop().time()):
+            log.warning(
+                "client %s banned for %gs after %d failed logins",
+                ip,
+                self.config.balancer.ban_time,
+                self.config.balancer.max_login_failures,
+            )
+
+    def session_closed(self, session: ControlSession) -> None:
+        self.sessions.discard(session)
+        if session.counted:
+            ip = session.client_addr[0]
+            self.control_sessions -= 1
+            self.per_ip[ip] -= 1
+            if self.per_ip[ip] <= 0:
+                del self.per_ip[ip]
+            if session.backend is not None:
+                session.backend.sessions -= 1
+                session.backend.bytes_in += session.client.bytes_read
+                if session.backend_side is not None:
+                    session.backend.bytes_out += session.backend_side.bytes_read
+        log.info("%s", session.log_line())
+
+
+def _fmt(addr: tuple[str, int]) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _family(host: str) -> int:
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return 0

@@ -1,0 +1,484 @@
+"""The inspect-mode control session: events in, commands out.
+
+`InspectSession` reads the client's commands and the backend's replies and
+decides what each side hears. It answers data-channel negotiation itself: the
+client's PASV/EPSV gets the balancer's own listener (after the backend has
+given its passive address), the client's PORT/EPRT is checked and answered
+here, and toward the backend the session always uses passive mode. Backends
+never see PORT; clients never see a backend address.
+
+No sockets, no asyncio, no clock: every event method takes `now` where time
+matters and returns the commands for the I/O layer to carry out.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass, field
+
+from ftplb.errors import ProtocolError
+from ftplb.proto import addresses
+from ftplb.proto.ftp import TRANSFER_COMMANDS, UPLOAD_COMMANDS, Command, parse_command, reply
+from ftplb.proto.lines import LineReader, Reply, ReplyReader
+
+# --- commands for the I/O layer ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendClient:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class SendBackend:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ConnectBackend:
+    """Pick a backend (by `user` when balancing by user, else by client address) and connect."""
+
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class Close:
+    """Flush what is queued for the client, then close every connection."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class ListenData:
+    """Open a listener for the client's data connection (only `client_ip` may use it);
+    join what arrives to `backend`. Answer with `data_listening` or `data_listen_failed`."""
+
+    backend: tuple[str, int]
+    client_ip: str
+
+
+@dataclass(frozen=True)
+class ConnectBackendData:
+    """Active mode, step 1: connect to the backend's passive address."""
+
+    backend: tuple[str, int]
+
+
+@dataclass(frozen=True)
+class ConnectClientData:
+    """Active mode, step 2 (the transfer has begun): connect to the client's PORT/EPRT target."""
+
+    target: tuple[str, int]
+
+
+@dataclass(frozen=True)
+class CloseData:
+    """Drop the current data channel and any listener."""
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    ok: bool
+    user: str
+
+
+@dataclass(frozen=True)
+class Log:
+    message: str
+
+
+Cmd = (
+    SendClient
+    | SendBackend
+    | ConnectBackend
+    | Close
+    | ListenData
+    | ConnectBackendData
+    | ConnectClientData
+    | CloseData
+    | LoginResult
+    | Log
+)
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    client: tuple[str, int]
+    """The client's address as seen on the control connection."""
+    public_address: str
+    """What PASV replies carry."""
+    balance_by_user: bool = False
+    """Greet the client ourselves and pick the backend after USER."""
+    login_timeout: float = 60.0
+    idle_timeout: float = 600.0
+    max_line: int = 2048
+    greeting: str = "ftplb ready."
+
+
+@dataclass
+class _Pending:
+    """What to do with the backend's next final reply."""
+
+    kind: str  # greeting | forward | replay_user | passive
+    command: Command | None = None
+    purpose: str = ""  # passive: "client" or "active"
+    verb: str = ""  # passive: what we sent, EPSV or PASV
+    target: tuple[str, int] | None = None  # an active transfer: where the client listens
+
+
+@dataclass
+class _Transfer:
+    command: Command
+    started: float
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+@dataclass
+class InspectSession:
+    settings: SessionSettings
+    user: str = ""
+    logged_in: bool = False
+    backend_name: str = ""
+    backend_host: str = ""
+    phase: str = "new"  # new | await_user | connecting | greeting | ready | closed
+    login_failures: int = 0
+    transfers: int = 0
+    data_open: int = 0
+    _client_lines: LineReader = field(init=False)
+    _replies: ReplyReader = field(init=False)
+    _pending: deque[_Pending] = field(default_factory=deque)
+    _queue: deque[Command] = field(default_factory=deque)
+    _blocked: str = ""
+    _active_target: tuple[str, int] | None = None
+    _client_passive_verb: str = ""
+    _held_transfer: tuple[Command, tuple[str, int]] | None = None
+    _backend_epsv: bool | None = None
+    _epsv_all: bool = False
+    _started: float = 0.0
+    _last_activity: float = 0.0
+    _transfer: _Transfer | None = None
+    _user_line: Command | None = None
+
+    def __post_init__(self) -> None:
+        self._client_lines = LineReader(self.settings.max_line)
+        self._replies = ReplyReader(self.settings.max_line)
+
+    # --- events ----------------------------------------------------------------
+
+    def start(self, now: float) -> list[Cmd]:
+        self._started = self._last_activity = now
+        if self.settings.balance_by_user:
+            self.phase = "await_user"
+            return [SendClient(reply(220, self.settings.greeting))]
+        self.phase = "connecting"
+        # Commands the client pipelines before the backend greets wait.
+        self._blocked = "backend"
+        self._pending.append(_Pending("greeting"))
+        return [ConnectBackend()]
+
+    def backend_connected(self, name: str, host: str, now: float) -> list[Cmd]:
+        self.backend_name = name
+        self.backend_host = host
+        self.phase = "greeting"
+        self._last_activity = now
+        return []
+
+    def backend_failed(self, reason: str) -> list[Cmd]:
+        self.phase = "closed"
+        return [SendClient(reply(421, "Service not available")), Close(reason)]
+
+    def backend_closed(self) -> list[Cmd]:
+        if self.phase == "closed":
+            return []
+        self.phase = "closed"
+        return [Close("backend closed")]
+
+    def client_data(self, data: bytes, now: float) -> list[Cmd]:
+        self._last_activity = now
+        out: list[Cmd] = []
+        try:
+            lines = self._client_lines.feed(data)
+        except ProtocolError as exc:
+            # The over-long line is dropped; the session goes on.
+            out.append(SendClient(f"{exc.reply}\r\n".encode()))
+            out.append(Log(f"client line refused: {exc}"))
+            return out
+        for raw in lines:
+            if not raw.strip():
+                continue
+            self._queue.append(parse_command(raw))
+        out.extend(self._drain_queue(now))
+        return out
+
+    def backend_data(self, data: bytes, now: float) -> list[Cmd]:
+        self._last_activity = now
+        try:
+            replies = self._replies.feed(data)
+        except ProtocolError as exc:
+            self.phase = "closed"
+            return [
+                SendClient(reply(421, "Backend sent a malformed reply, closing.")),
+                Close(f"backend protocol error: {exc}"),
+            ]
+        out: list[Cmd] = []
+        for r in replies:
+            out.extend(self._on_reply(r, now))
+        out.extend(self._drain_queue(now))
+        return out
+
+    def data_listening(self, port: int) -> list[Cmd]:
+        """Our listener for the client's passive connection is open on `port`."""
+        if self._client_passive_verb == "PASV":
+            answer = addresses.format_pasv_reply(self.settings.public_address, port)
+        else:
+            answer = addresses.format_epsv_reply(port)
+        self._unblock()
+        return [SendClient(answer)]
+
+    def data_listen_failed(self) -> list[Cmd]:
+        self._unblock()
+        return [SendClient(reply(425, "Cannot open a passive data port, try again."))]
+
+    def data_opened(self, now: float) -> list[Cmd]:
+        self.data_open += 1
+        self._last_activity = now
+        return []
+
+    def data_closed(self, bytes_up: int, bytes_down: int, now: float) -> list[Cmd]:
+        """A data channel ended: `bytes_up` client->backend, `bytes_down` backend->client."""
+        self.data_open = max(0, self.data_open - 1)
+        self._last_activity = now
+        t = self._transfer
+        if t is None:
+            return []
+        self._transfer = None
+        self.transfers += 1
+        upload = t.command.verb in UPLOAD_COMMANDS
+        direction = "upload" if upload else "download"
+        size = bytes_up if upload else bytes_down
+        name = t.command.arg.replace('"', "'")
+        return [
+            Log(
+                f'transfer backend={self.backend_name} {direction} {t.command.verb} file="{name}" '
+                f"bytes={size} duration={now - t.started:.3f}s"
+            )
+        ]
+
+    def tick(self, now: float) -> list[Cmd]:
+        if self.phase == "closed":
+            return []
+        s = self.settings
+        if not self.logged_in and now - self._started >= s.login_timeout:
+            self.phase = "closed"
+            return [SendClient(reply(421, "Login timeout, closing.")), Close("login timeout")]
+        if self.data_open == 0 and now - self._last_activity >= s.idle_timeout:
+            self.phase = "closed"
+            return [SendClient(reply(421, "Idle timeout, closing.")), Close("idle timeout")]
+        return []
+
+    def next_deadline(self) -> float:
+        s = self.settings
+        idle = self._last_activity + s.idle_timeout
+        if not self.logged_in:
+            return min(idle, self._started + s.login_timeout)
+        return idle
+
+    # --- client commands -------------------------------------------------------
+
+    def _drain_queue(self, now: float) -> list[Cmd]:
+        out: list[Cmd] = []
+        while self._queue and not self._blocked and self.phase != "closed":
+            out.extend(self._on_command(self._queue.popleft(), now))
+        return out
+
+    def _on_command(self, cmd: Command, now: float) -> list[Cmd]:
+        verb = cmd.verb
+        if verb == "QUIT" and self.phase in ("await_user", "new"):
+            self.phase = "closed"
+            return [SendClient(reply(221, "Goodbye.")), Close("client quit")]
+        if verb == "AUTH":
+            return [SendClient(reply(502, "TLS is not available on this balancer."))]
+        if self.phase == "await_user":
+            return self._before_user(cmd)
+        if verb == "USER":
+            self.user = cmd.arg
+        if verb in ("PASV", "EPSV"):
+            return self._client_passive(cmd)
+        if verb in ("PORT", "EPRT"):
+            return self._client_active(cmd)
+        if verb in TRANSFER_COMMANDS:
+            self._transfer = _Transfer(cmd, now)
+            if self._active_target is not None:
+                # Active for the client, passive toward the backend. A PORT
+                # serves one transfer: the client sends a new one for the next.
+                self._held_transfer = (cmd, self._active_target)
+                self._active_target = None
+                return self._ask_backend_passive("active")
+        return self._forward(cmd)
+
+    def _forward(self, cmd: Command) -> list[Cmd]:
+        self._pending.append(_Pending("forward", cmd))
+        return [SendBackend(cmd.line())]
+
+    def _before_user(self, cmd: Command) -> list[Cmd]:
+        if cmd.verb == "NOOP":
+            return [SendClient(reply(200, "NOOP ok."))]
+        if cmd.verb != "USER" or not cmd.arg:
+            return [SendClient(reply(530, "Please log in with USER and PASS."))]
+        self.user = cmd.arg
+        self._user_line = cmd
+        self.phase = "connecting"
+        self._blocked = "backend"
+        self._pending.append(_Pending("greeting"))
+        return [ConnectBackend(user=cmd.arg)]
+
+    def _client_passive(self, cmd: Command) -> list[Cmd]:
+        if cmd.verb == "EPSV" and cmd.arg.upper() == "ALL":
+            self._epsv_all = True
+            return [SendClient(reply(200, "EPSV ALL ok."))]
+        if cmd.verb == "EPSV" and cmd.arg and cmd.arg not in ("1", "2"):
+            return [SendClient(reply(522, "Network protocol not supported, use (1,2)."))]
+        if cmd.verb == "PASV":
+            if self._epsv_all:
+                return [SendClient(reply(501, "PASV not allowed after EPSV ALL."))]
+            if ":" in self.settings.public_address or ":" in self.settings.client[0]:
+                return [SendClient(reply(425, "PASV is IPv4 only here; use EPSV."))]
+        self._active_target = None
+        self._client_passive_verb = cmd.verb
+        return [CloseData(), *self._ask_backend_passive("client")]
+
+    def _client_active(self, cmd: Command) -> list[Cmd]:
+        if self._epsv_all:
+            return [SendClient(reply(501, f"{cmd.verb} not allowed after EPSV ALL."))]
+        try:
+            if cmd.verb == "PORT":
+                target = addresses.parse_port(cmd.arg)
+            else:
+                target = addresses.parse_eprt(cmd.arg)
+        except ProtocolError as exc:
+            return [SendClient(f"{exc.reply}\r\n".encode())]
+        host, port = target
+        # RFC 2577: no bounce to third parties, no privileged ports.
+        if not addresses.same_host(host, self.settings.client[0]):
+            return [
+                SendClient(reply(504, "Data connections go only to your own address.")),
+                Log(f"{cmd.verb} to foreign address {host}:{port} refused (FTP bounce)"),
+            ]
+        if port < 1024:
+            return [
+                SendClient(reply(504, "Data connections go only to ports 1024 and above.")),
+                Log(f"{cmd.verb} to privileged port {port} refused"),
+            ]
+        self._active_target = (self.settings.client[0], port)
+        return [CloseData(), SendClient(reply(200, f"{cmd.verb} command successful."))]
+
+    def _ask_backend_passive(self, purpose: str) -> list[Cmd]:
+        verb = "PASV" if self._backend_epsv is False else "EPSV"
+        self._blocked = "passive"
+        self._pending.append(_Pending("passive", purpose=purpose, verb=verb))
+        return [SendBackend(f"{verb}\r\n".encode())]
+
+    def _unblock(self) -> None:
+        self._blocked = ""
+
+    # --- backend replies -------------------------------------------------------
+
+    def _on_reply(self, r: Reply, now: float) -> list[Cmd]:
+        pending = self._pending[0] if self._pending else None
+        if r.code < 200:
+            # Preliminary: the command's final reply is still to come.
+            out: list[Cmd] = []
+            if pending is not None and pending.kind == "greeting":
+                return out  # "120 ready in N minutes": wait for the 220
+            if pending is not None and pending.target is not None:
+                out.append(ConnectClientData(pending.target))
+                pending.target = None
+            out.append(SendClient(self._scrub(r)))
+            return out
+        if pending is None:
+            # Unsolicited (a 421 before closing, say): pass it on.
+            return [SendClient(self._scrub(r))]
+        self._pending.popleft()
+        if pending.kind == "greeting":
+            return self._on_greeting(r)
+        if pending.kind == "passive":
+            return self._on_backend_passive(pending, r)
+        out = [SendClient(self._scrub(r))]
+        cmd = pending.command
+        if cmd is not None:
+            out.extend(self._after_reply(cmd, r))
+        return out
+
+    def _on_greeting(self, r: Reply) -> list[Cmd]:
+        if r.code != 220:
+            self.phase = "closed"
+            return [
+                SendClient(reply(421, "Service not available")),
+                Close(f"backend greeted with {r.code}"),
+            ]
+        self.phase = "ready"
+        self._unblock()
+        if self._user_line is not None:
+            # Balancing by user: the client has our greeting already; replay USER.
+            cmd, self._user_line = self._user_line, None
+            return self._forward(cmd)
+        return [SendClient(self._scrub(r))]
+
+    def _after_reply(self, cmd: Command, r: Reply) -> list[Cmd]:
+        if cmd.verb in ("PASS", "USER") and r.code == 230 and not self.logged_in:
+            self.logged_in = True
+            return [LoginResult(True, self.user)]
+        if cmd.verb == "PASS" and r.code == 530:
+            self.login_failures += 1
+            return [LoginResult(False, self.user)]
+        if cmd.verb in TRANSFER_COMMANDS and r.code >= 400 and self.data_open == 0:
+            # The transfer never started: no data channel will report it.
+            self._transfer = None
+            return [CloseData()]
+        return []
+
+    def _on_backend_passive(self, pending: _Pending, r: Reply) -> list[Cmd]:
+        try:
+            if pending.verb == "EPSV" and r.code == 229:
+                port = addresses.parse_epsv_reply(r.text)
+            elif pending.verb == "PASV" and r.code == 227:
+                # The address in a 227 is often wrong behind NAT; the backend
+                # is where we reached it (what curl does by default too).
+                _, port = addresses.parse_pasv_reply(r.text)
+            elif pending.verb == "EPSV" and r.code >= 500:
+                self._backend_epsv = False
+                self._pending.appendleft(_Pending("passive", purpose=pending.purpose, verb="PASV"))
+                return [SendBackend(b"PASV\r\n")]
+            else:
+                raise ProtocolError(f"backend answered {pending.verb} with {r.code}")
+        except ProtocolError as exc:
+            self._unblock()
+            fail = [Log(f"backend passive mode failed: {exc}")]
+            if pending.purpose == "active":
+                self._held_transfer = None
+                self._transfer = None
+                return [*fail, SendClient(reply(425, "Cannot open data connection."))]
+            return [*fail, SendClient(reply(425, "Cannot open passive connection."))]
+        if pending.verb == "EPSV":
+            self._backend_epsv = True
+        backend = (self.backend_host, port)
+        if pending.purpose == "client":
+            # Stay blocked until the listener is open (data_listening).
+            return [ListenData(backend, self.settings.client[0])]
+        held, self._held_transfer = self._held_transfer, None
+        self._unblock()
+        assert held is not None
+        cmd, target = held
+        self._pending.append(_Pending("forward", cmd, target=target))
+        return [ConnectBackendData(backend), SendBackend(cmd.line())]
+
+    def _scrub(self, r: Reply) -> bytes:
+        """The reply as the client gets it: no backend address in it."""
+        text = "\r\n".join(r.lines) + "\r\n"
+        host = self.backend_host
+        if host and host in text:
+            pattern = rf"(?<![\d.:]){re.escape(host)}(?![\d])"
+            text = re.sub(pattern, self.settings.public_address, text)
+        return text.encode("utf-8", "surrogateescape")
