@@ -157,26 +157,30 @@ class Cluster:
         self,
         *,
         proxy_protocol: bool = True,
-        passive_size: int = 20,
-        masquerade: str = BALANCER_HOST,
+        passive_size: int | None = 20,
+        masquerade: str | None = BALANCER_HOST,
         start: bool = True,
         extra_args: tuple[str, ...] = (),
+        users: tuple[tuple[str, str], ...] = ((USER, PASSWORD),),
     ) -> Backend:
+        """An `ftplb backend`. passive_size/masquerade None: an unmodified server
+        (kernel-chosen passive ports, its own address in PASV replies)."""
         index = len(self.backends)
         name = f"ftp{index + 1}"
         host = BACKEND_HOSTS[index % len(BACKEND_HOSTS)]
         port = free_ports(1, host)
-        first = free_ports(passive_size, BALANCER_HOST)
+        first = free_ports(passive_size, BALANCER_HOST) if passive_size else 0
+        last = first + passive_size - 1 if passive_size else 0
         root = self.workdir / name
         root.mkdir()
         (root / "whoami.txt").write_text(name)
-        b = Backend(name, host, port, (first, first + passive_size - 1), root)
+        b = Backend(name, host, port, (first, last), root)
         b.args = [
             f"--listen={host}:{port}",
             f"--root={root}",
-            f"--user={USER}:{PASSWORD}",
-            f"--passive-ports={first}-{first + passive_size - 1}",
-            f"--masquerade={masquerade}",
+            *[f"--user={u}:{p}" for u, p in users],
+            *([f"--passive-ports={first}-{last}"] if passive_size else []),
+            *([f"--masquerade={masquerade}"] if masquerade else []),
             f"--banner=backend {name} ready",
             *(["--proxy-protocol"] if proxy_protocol else []),
             *extra_args,
@@ -210,8 +214,9 @@ class Cluster:
         self.backends.append(b)
         return b
 
-    def add_vsftpd(self, *, passive_size: int = 20) -> Backend:
-        """Debian's vsftpd as a routed-mode backend: pasv_address + its own range."""
+    def add_vsftpd(self, *, passive_size: int = 20, unmodified: bool = False) -> Backend:
+        """Debian's vsftpd: a routed-mode backend (pasv_address + its own range),
+        or with `unmodified` as installed (its own address, any passive port)."""
         vsftpd = shutil.which("vsftpd") or "/usr/sbin/vsftpd"
         index = len(self.backends)
         name = f"vsftpd{index + 1}"
@@ -243,9 +248,15 @@ class Cluster:
                     f"anon_root={root}",
                     "local_enable=NO",
                     "pasv_enable=YES",
-                    f"pasv_address={BALANCER_HOST}",
-                    f"pasv_min_port={first}",
-                    f"pasv_max_port={first + passive_size - 1}",
+                    *(
+                        []
+                        if unmodified
+                        else [
+                            f"pasv_address={BALANCER_HOST}",
+                            f"pasv_min_port={first}",
+                            f"pasv_max_port={first + passive_size - 1}",
+                        ]
+                    ),
                     "pasv_promiscuous=NO",
                     "port_promiscuous=NO",
                     "seccomp_sandbox=NO",
@@ -279,20 +290,27 @@ class Cluster:
         }
         health = {"check": "ftp", "interval": 0.5, "timeout": 0.5, "rise": 2, "fall": 2}
         per_backend = balancer.pop("backend_options", {})
+        users = balancer.pop("users", {})
         for key in list(balancer):
             if key.startswith("health_"):
                 health[key[len("health_") :]] = balancer.pop(key)
         settings.update(balancer)
         lines = ["[balancer]"] + [f"{k} = {_toml(v)}" for k, v in settings.items()]
         lines += ["", "[health]"] + [f"{k} = {_toml(v)}" for k, v in health.items()]
+        if settings["mode"] == "inspect" and "data_ports" not in settings:
+            first = free_ports(40, BALANCER_HOST)
+            lines.insert(1, f'data_ports = "{first}-{first + 39}"')
+        if users:
+            lines += ["", "[users]"] + [f"{k} = {_toml(v)}" for k, v in users.items()]  # type: ignore[union-attr]
         for b in self.backends:
             lines += [
                 "",
                 "[[backends]]",
                 f'name = "{b.name}"',
                 f'address = "{b.address}"',
-                f'passive_ports = "{b.passive[0]}-{b.passive[1]}"',
             ]
+            if settings["mode"] == "routed":
+                lines.append(f'passive_ports = "{b.passive[0]}-{b.passive[1]}"')
             opts = per_backend.get(b.name, {}) if isinstance(per_backend, dict) else {}
             lines += [f"{k} = {_toml(v)}" for k, v in opts.items()]
         return "\n".join(lines) + "\n"
