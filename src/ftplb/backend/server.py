@@ -31,6 +31,7 @@ class BackendOptions:
     proxy_protocol: bool = False
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32",)
     banner: str = "ftplb backend ready."
+    login_delay: float = 3.0
 
 
 def make_server(opts: BackendOptions) -> FTPServer:
@@ -44,6 +45,7 @@ def make_server(opts: BackendOptions) -> FTPServer:
         "trusted_proxies": trusted_networks(opts.trusted_proxies),
         "passive_ports": list(opts.passive_ports) if opts.passive_ports else None,
         "masquerade_address": opts.masquerade or None,
+        "auth_failed_timeout": opts.login_delay,
     }
     handler = type("BackendHandler", (ProxyProtocolFTPHandler,), attrs)
     server = FTPServer((opts.listen.host, opts.listen.port), handler)
@@ -79,6 +81,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", metavar="FILE", help="PEM key (FTPS)")
     p.add_argument("--tls-required", action="store_true", help="refuse plain-text logins")
     p.add_argument("--banner", default="ftplb backend ready.", help="text of the 220 greeting")
+    p.add_argument(
+        "--login-delay",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="pause before answering a failed login (slows password guessing; default 3)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -125,6 +134,7 @@ def options_from_args(args: argparse.Namespace) -> BackendOptions:
         proxy_protocol=args.proxy_protocol,
         trusted_proxies=trusted,
         banner=args.banner,
+        login_delay=args.login_delay,
     )
 
 

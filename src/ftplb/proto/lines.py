@@ -13,8 +13,9 @@ DEFAULT_MAX_REPLY_LINES = 1000
 class LineReader:
     """Splits a byte stream into lines ended by LF (CRLF or bare LF).
 
-    Holds at most `max_line` bytes of an unfinished line: a longer line raises
-    ProtocolError (the caller decides whether to answer 500 or to close).
+    A line may hold `max_line` bytes besides its line ending; a longer one raises
+    ProtocolError (the caller decides whether to answer 500 or to close) and is
+    dropped, so at most `max_line + 1` bytes are ever buffered.
     """
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
@@ -29,13 +30,16 @@ class LineReader:
             end = self._buf.find(b"\n", start)
             if end < 0:
                 break
-            if end - start > self.max_line:
+            stop = end - 1 if end > start and self._buf[end - 1] == 0x0D else end
+            if stop - start > self.max_line:
                 del self._buf[: end + 1]
                 raise ProtocolError(f"line longer than {self.max_line} bytes", "500 Line too long.")
-            lines.append(bytes(self._buf[start:end]).rstrip(b"\r"))
+            lines.append(bytes(self._buf[start:stop]))
             start = end + 1
         del self._buf[:start]
-        if len(self._buf) > self.max_line:
+        # An unfinished line may hold max_line bytes and the CR of its CRLF.
+        pending = len(self._buf)
+        if pending > self.max_line + 1 or (pending > self.max_line and self._buf[-1] != 0x0D):
             self._buf.clear()
             raise ProtocolError(f"line longer than {self.max_line} bytes", "500 Line too long.")
         return lines
