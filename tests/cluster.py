@@ -46,7 +46,8 @@ def free_ports(count: int, host: str = "127.0.0.1") -> int:
 
 
 def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))

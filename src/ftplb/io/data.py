@@ -15,6 +15,7 @@ from typing import Any
 
 from ftplb.config import PortRange
 from ftplb.io.relay import Relay, client_addresses
+from ftplb.proto import proxy_protocol
 from ftplb.proto.addresses import same_host
 
 log = logging.getLogger("ftplb.data")
@@ -45,8 +46,10 @@ class DataChannel:
         label: str,
         on_open: Callable[[], None],
         on_close: Callable[[int, int], None],
+        proxy_version: str = "off",
     ) -> None:
         self.label = label
+        self.proxy_version = proxy_version
         self._on_open = on_open
         self._on_close = on_close
         self.relay: Relay | None = None
@@ -165,7 +168,12 @@ class DataChannel:
         if relay is None or self.closed or self._opened or not relay.connected:
             return
         self._opened = True
-        relay.start()
+        header = b""
+        if self.proxy_version != "off" and relay.client.transport is not None:
+            # The backend learns the client's data-connection address.
+            peer, local = client_addresses(relay.client.transport)
+            header = proxy_protocol.encode(self.proxy_version, peer, local)
+        relay.start(header)
         self._on_open()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -54,6 +54,8 @@ class _Side(asyncio.Protocol):
         self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         if self.is_client:
             self.session.client_connected()
+        else:
+            self.session.backend_made(self)
 
     def data_received(self, data: bytes) -> None:
         self.bytes_read += len(data)
@@ -95,6 +97,7 @@ class ControlSession:
         self.closed = False
         self.counted = False
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._tried: set[str] = set()
 
@@ -128,7 +131,8 @@ class ControlSession:
             SessionSettings(
                 client=self.client_addr,
                 public_address=b.public_address,
-                balance_by_user=b.balance == "user",
+                # Pinned users need the name before the choice, whatever the policy.
+                balance_by_user=b.balance == "user" or bool(self.balancer.config.users),
                 login_timeout=b.login_timeout,
                 idle_timeout=b.idle_timeout,
             )
@@ -245,27 +249,35 @@ class ControlSession:
                 return
             backend = other
             self._assign(backend)
+        if self.closed and side.transport is not None:
+            side.transport.close()
+
+    def backend_made(self, side: _Side) -> None:
+        """The backend connection is up. Runs in connection_made, before any
+        byte from the backend can arrive (and before `_connect` resumes)."""
         if self.closed:
-            if side.transport is not None:
-                side.transport.close()
             return
         self.backend_side = side
-        assert side.transport is not None
+        assert side.transport is not None and self.backend is not None
         enable_keepalive(side.transport)
-        version = self.balancer.config.proxy_version(backend.config)
+        version = self.balancer.config.proxy_version(self.backend.config)
         header = proxy_protocol.encode(version, self.client_addr, self.local_addr)
         if header:
             side.transport.write(header)
         peer = side.transport.get_extra_info("peername")
         assert self.core is not None
-        self.run(self.core.backend_connected(backend.name, peer[0], self.loop.time()))
+        self.run(self.core.backend_connected(self.backend.name, peer[0], self.loop.time()))
 
     # -- data channels
 
     def _new_channel(self) -> DataChannel:
         self._close_data()
         label = f"{self.who()} backend={self.backend.name if self.backend else '-'}"
-        channel = DataChannel(label, self._data_opened, self._data_closed)
+        version = "off"
+        if self.backend is not None and self.backend.config.send_proxy_data:
+            version = self.balancer.config.proxy_version(self.backend.config)
+            version = version if version != "off" else "v1"
+        channel = DataChannel(label, self._data_opened, self._data_closed, version)
         self.data = channel
         return channel
 
@@ -312,10 +324,11 @@ class ControlSession:
         if self.core is None or self.closed:
             return
         deadline = self.core.next_deadline()
-        if self._timer is not None and self._timer.when() <= deadline:
-            return
+        if self._timer is not None and self._timer_at <= deadline:
+            return  # it fires first and re-arms (uvloop's handles have no when())
         if self._timer is not None:
             self._timer.cancel()
+        self._timer_at = deadline
         self._timer = self.loop.call_at(deadline, self._tick)
 
     def _tick(self) -> None:
