@@ -3,7 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the integration tests drive as real peers.
-DEB_PACKAGES := curl lftp vsftpd haproxy iproute2
+# proftpd-core and pure-ftpd conflict with vsftpd (each Provides ftp-server), so
+# they are unpacked into .deps/root instead of installed; their libraries are.
+FTPD_LIBS := libacl1 libcap2 libcrypt1 libhiredis0.14 libidn2-0 libmemcached11 \
+	libmemcachedutil2 libncursesw6 libpam0g libpcre2-8-0 libpcre2-posix3 libssl3 \
+	libtinfo6 zlib1g libsodium23
+DEB_PACKAGES := curl lftp vsftpd haproxy iproute2 openssl $(FTPD_LIBS)
+UNPACKED := proftpd-core pure-ftpd
+DEPS_ROOT := .deps/root
 
 .PHONY: demo test lint typecheck unit bench deps venv clean
 
@@ -25,6 +32,14 @@ deps:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
+	@$(MAKE) --no-print-directory $(DEPS_ROOT)/usr/sbin/proftpd
+
+$(DEPS_ROOT)/usr/sbin/proftpd:
+	rm -rf .deps && mkdir -p .deps/debs
+	cd .deps/debs && { apt-get download $(UNPACKED) 2>/dev/null || \
+	  { apt-get update -qq && apt-get download $(UNPACKED); }; }
+	for f in .deps/debs/*.deb; do dpkg-deb -x "$$f" $(DEPS_ROOT); done
+	test -x $@
 
 demo: venv
 	$(BIN)/ftplb demo
@@ -43,4 +58,4 @@ bench: deps venv
 	$(BIN)/python bench/transfer.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .deps build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

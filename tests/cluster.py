@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -131,6 +132,15 @@ class Cluster:
     balancer: Process | None = None
     balancer_port: int = 0
     processes: list[Process] = field(default_factory=list)
+    scratch: list[Path] = field(default_factory=list)
+
+    def public_dir(self, name: str) -> Path:
+        """A directory every user can traverse (pytest's tmp_path is root-only,
+        and servers that drop privileges before chroot need the way in)."""
+        path = Path(tempfile.mkdtemp(prefix=f"ftplb-{name}-"))
+        path.chmod(0o755)
+        self.scratch.append(path)
+        return path
 
     # -- processes
 
@@ -151,6 +161,8 @@ class Cluster:
     def stop_all(self) -> None:
         for proc in reversed(self.processes):
             proc.stop()
+        for path in self.scratch:
+            shutil.rmtree(path, ignore_errors=True)
 
     # -- backends
 
