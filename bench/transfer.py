@@ -1,4 +1,4 @@
-"""Bulk download: direct from a backend vs through ftplb routed mode.
+"""Bulk download: direct from a backend vs through ftplb, routed and inspect mode.
 
     .venv/bin/python bench/transfer.py [--size-mib 512] [--rounds 5] [--write-docs]
 
@@ -23,7 +23,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.cluster import BALANCER_HOST, PASSWORD, USER, cluster_at  # noqa: E402
+from tests.cluster import (  # noqa: E402
+    BALANCER_HOST,
+    PASSWORD,
+    USER,
+    cluster_at,
+    free_ports,
+    wait_for,
+)
 
 MIB = 1024 * 1024
 
@@ -92,10 +99,24 @@ def main() -> int:
         backend = c.add_backend(proxy_protocol=False, passive_size=50)
         make_file(backend.root / "big.bin", size)
         c.start_balancer(send_proxy="off")
+        inspect_port = free_ports(1)
+        inspect_config = Path(tmp) / "inspect.toml"
+        inspect_config.write_text(
+            c.config_text(
+                mode="inspect", send_proxy="off", listen=f"{BALANCER_HOST}:{inspect_port}"
+            )
+        )
+        inspect = c.spawn(
+            "inspect", [sys.executable, "-m", "ftplb", "run", "-c", str(inspect_config)]
+        )
+        wait_for(lambda: "ready:" in inspect.log(), what="the inspect-mode balancer")
         rows = {
             "direct (curl <- backend)": f"ftp://{USER}:{PASSWORD}@{backend.address}/big.bin",
             "ftplb routed (curl <- ftplb <- backend)": (
                 f"ftp://{USER}:{PASSWORD}@{BALANCER_HOST}:{c.balancer_port}/big.bin"
+            ),
+            "ftplb inspect (curl <- ftplb <- backend)": (
+                f"ftp://{USER}:{PASSWORD}@{BALANCER_HOST}:{inspect_port}/big.bin"
             ),
         }
         for url in rows.values():  # warm the page cache and both paths

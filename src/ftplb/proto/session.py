@@ -235,11 +235,13 @@ class InspectSession:
         else:
             answer = addresses.format_epsv_reply(port)
         self._unblock()
-        return [SendClient(answer)]
+        # Commands the client sent meanwhile go out after our answer.
+        return [SendClient(answer), *self._drain_queue(self._last_activity)]
 
     def data_listen_failed(self) -> list[Cmd]:
         self._unblock()
-        return [SendClient(reply(425, "Cannot open a passive data port, try again."))]
+        failed = SendClient(reply(425, "Cannot open a passive data port, try again."))
+        return [failed, *self._drain_queue(self._last_activity)]
 
     def data_opened(self, now: float) -> list[Cmd]:
         self.data_open += 1

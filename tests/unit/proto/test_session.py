@@ -1,0 +1,193 @@
+"""The inspect-mode session core, as transcripts: events in, commands out. No sockets."""
+
+from __future__ import annotations
+
+from ftplb.proto.session import (
+    Close,
+    CloseData,
+    ConnectBackend,
+    ConnectBackendData,
+    ConnectClientData,
+    InspectSession,
+    ListenData,
+    Log,
+    LoginResult,
+    SendBackend,
+    SendClient,
+    SessionSettings,
+)
+
+CLIENT = ("198.51.100.7", 40000)
+
+
+def session(**settings: object) -> InspectSession:
+    s = InspectSession(SessionSettings(client=CLIENT, public_address="203.0.113.1", **settings))  # type: ignore[arg-type]
+    return s
+
+
+def ready(**settings: object) -> InspectSession:
+    """A session whose backend (10.0.0.5) has greeted and whose user is logged in."""
+    s = session(**settings)
+    assert s.start(0) == [ConnectBackend()]
+    assert s.backend_connected("ftp1", "10.0.0.5", 0) == []
+    assert s.backend_data(b"220 hello from 10.0.0.5\r\n", 0) == [
+        SendClient(b"220 hello from 203.0.113.1\r\n")
+    ]
+    assert s.client_data(b"USER alice\r\nPASS pw\r\n", 1) == [
+        SendBackend(b"USER alice\r\n"),
+        SendBackend(b"PASS pw\r\n"),
+    ]
+    assert s.backend_data(b"331 go on\r\n230 welcome\r\n", 1) == [
+        SendClient(b"331 go on\r\n"),
+        SendClient(b"230 welcome\r\n"),
+        LoginResult(True, "alice"),
+    ]
+    return s
+
+
+def test_commands_wait_for_the_greeting() -> None:
+    s = session()
+    s.start(0)
+    s.backend_connected("ftp1", "10.0.0.5", 0)
+    # Pipelined before the backend greets: held, then sent in order.
+    assert s.client_data(b"USER bob\r\n", 0) == []
+    out = s.backend_data(b"220 hi\r\n", 0)
+    assert out == [SendClient(b"220 hi\r\n"), SendBackend(b"USER bob\r\n")]
+
+
+def test_client_pasv_answered_by_the_balancer() -> None:
+    s = ready()
+    assert s.client_data(b"PASV\r\n", 2) == [CloseData(), SendBackend(b"EPSV\r\n")]
+    # Commands sent meanwhile wait for our 227.
+    assert s.client_data(b"RETR f\r\n", 2) == []
+    assert s.backend_data(b"229 Entering Extended Passive Mode (|||50001|)\r\n", 2) == [
+        ListenData(("10.0.0.5", 50001), "198.51.100.7")
+    ]
+    assert s.data_listening(40123) == [
+        SendClient(b"227 Entering Passive Mode (203,0,113,1,156,187).\r\n"),
+        SendBackend(b"RETR f\r\n"),
+    ]
+
+
+def test_backend_without_epsv_falls_back_to_pasv_and_remembers() -> None:
+    s = ready()
+    s.client_data(b"EPSV\r\n", 2)
+    assert s.backend_data(b"500 EPSV not understood\r\n", 2) == [SendBackend(b"PASV\r\n")]
+    # The 227's address is ignored: the backend is where we reached it.
+    out = s.backend_data(b"227 Entering Passive Mode (192,168,9,9,195,80).\r\n", 2)
+    assert out == [ListenData(("10.0.0.5", 50000), "198.51.100.7")]
+    assert s.data_listening(40000) == [
+        SendClient(b"229 Entering Extended Passive Mode (|||40000|)\r\n")
+    ]
+    assert s.client_data(b"EPSV\r\n", 3) == [CloseData(), SendBackend(b"PASV\r\n")]
+
+
+def test_active_client_passive_backend() -> None:
+    s = ready()
+    assert s.client_data(b"PORT 198,51,100,7,156,64\r\n", 2) == [
+        CloseData(),
+        SendClient(b"200 PORT command successful.\r\n"),
+    ]
+    assert s.client_data(b"RETR f\r\n", 2) == [SendBackend(b"EPSV\r\n")]
+    assert s.backend_data(b"229 ok (|||50002|)\r\n", 2) == [
+        ConnectBackendData(("10.0.0.5", 50002)),
+        SendBackend(b"RETR f\r\n"),
+    ]
+    # The transfer begins: only now do we connect to the client.
+    assert s.backend_data(b"150 Opening\r\n", 2) == [
+        ConnectClientData(("198.51.100.7", 40000)),
+        SendClient(b"150 Opening\r\n"),
+    ]
+    assert s.data_opened(2) == []
+    assert s.backend_data(b"226 done\r\n", 3) == [SendClient(b"226 done\r\n")]
+    out = s.data_closed(0, 1234, 3.5)
+    assert out == [Log('transfer backend=ftp1 download RETR file="f" bytes=1234 duration=1.500s')]
+    # One PORT, one transfer: the next transfer without PORT goes straight through.
+    assert s.client_data(b"LIST\r\n", 4) == [SendBackend(b"LIST\r\n")]
+
+
+def test_port_checks() -> None:
+    s = ready()
+    bounce = s.client_data(b"PORT 192,0,2,1,156,64\r\n", 2)
+    assert bounce[0] == SendClient(b"504 Data connections go only to your own address.\r\n")
+    low = s.client_data(b"EPRT |1|198.51.100.7|21|\r\n", 2)
+    assert low[0] == SendClient(b"504 Data connections go only to ports 1024 and above.\r\n")
+    assert s.client_data(b"EPRT |9|x|1|\r\n", 2) == [
+        SendClient(b"522 Network protocol not supported, use (1,2).\r\n")
+    ]
+    assert s.client_data(b"PORT 1,2,3\r\n", 2)[0].data.startswith(b"501 ")  # type: ignore[union-attr]
+
+
+def test_balance_by_user_greets_then_replays_user() -> None:
+    s = session(balance_by_user=True, greeting="ftplb ready.")
+    assert s.start(0) == [SendClient(b"220 ftplb ready.\r\n")]
+    assert s.client_data(b"PASV\r\n", 0) == [
+        SendClient(b"530 Please log in with USER and PASS.\r\n")
+    ]
+    assert s.client_data(b"USER carol\r\nPASS x\r\n", 0) == [ConnectBackend(user="carol")]
+    s.backend_connected("ftp2", "10.0.0.6", 0)
+    # The backend's greeting is consumed; USER is replayed, then the held PASS.
+    assert s.backend_data(b"220 backend\r\n", 0) == [
+        SendBackend(b"USER carol\r\n"),
+        SendBackend(b"PASS x\r\n"),
+    ]
+    assert s.backend_data(b"331 pw?\r\n", 0) == [SendClient(b"331 pw?\r\n")]
+
+
+def test_failed_login_reported() -> None:
+    s = session()
+    s.start(0)
+    s.backend_connected("ftp1", "10.0.0.5", 0)
+    s.backend_data(b"220 hi\r\n", 0)
+    s.client_data(b"USER a\r\nPASS b\r\n", 0)
+    assert s.backend_data(b"331 pw\r\n530 no\r\n", 0)[-1] == LoginResult(False, "a")
+
+
+def test_long_line_500_and_the_session_goes_on() -> None:
+    s = ready()
+    out = s.client_data(b"NOOP " + b"x" * 3000 + b"\r\n", 2)
+    assert out[0] == SendClient(b"500 Line too long.\r\n")
+    assert s.client_data(b"NOOP\r\n", 2) == [SendBackend(b"NOOP\r\n")]
+
+
+def test_multiline_reply_and_scrubbing() -> None:
+    s = ready()
+    s.client_data(b"STAT\r\n", 2)
+    out = s.backend_data(
+        b"211-status\r\n Connected to 10.0.0.5\r\n 10.0.0.55 stays\r\n211 End\r\n", 2
+    )
+    assert out == [
+        SendClient(b"211-status\r\n Connected to 203.0.113.1\r\n 10.0.0.55 stays\r\n211 End\r\n")
+    ]
+
+
+def test_backend_greeting_421_closes() -> None:
+    s = session()
+    s.start(0)
+    s.backend_connected("ftp1", "10.0.0.5", 0)
+    out = s.backend_data(b"421 busy\r\n", 0)
+    assert out == [SendClient(b"421 Service not available\r\n"), Close("backend greeted with 421")]
+
+
+def test_timeouts() -> None:
+    s = session(login_timeout=10, idle_timeout=30)
+    s.start(0)
+    assert s.next_deadline() == 10
+    assert s.tick(9.9) == []
+    assert s.tick(10)[-1] == Close("login timeout")
+    t = ready(idle_timeout=30)
+    assert t.tick(30) == []  # activity at 1
+    t.data_opened(5)
+    assert t.tick(100) == []  # a transfer is running: not idle
+    t.data_closed(0, 0, 100)
+    assert t.tick(130)[-1] == Close("idle timeout")
+
+
+def test_telnet_ip_synch_before_abor() -> None:
+    s = ready()
+    assert s.client_data(b"\xff\xf4\xff\xf2ABOR\r\n", 2) == [SendBackend(b"ABOR\r\n")]
+
+
+def test_auth_refused_until_tls_exists() -> None:
+    s = ready()
+    assert s.client_data(b"AUTH TLS\r\n", 2)[0].data.startswith(b"502 ")  # type: ignore[union-attr]
