@@ -389,6 +389,7 @@ class InspectBalancer:
         self.rejected: Counter[str] = Counter()
         self.logins: Counter[str] = Counter()
         self.data_connections: Counter[str] = Counter()
+        self._prune_timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -397,6 +398,7 @@ class InspectBalancer:
             self._factory, listen.host, listen.port, reuse_address=True, backlog=512
         )
         self.servers.append(server)
+        self._prune_guard()
         log.info(
             "inspect mode: control on %s, data ports %s, clients are told %s",
             listen,
@@ -404,12 +406,20 @@ class InspectBalancer:
             self.config.balancer.public_address,
         )
 
+    def _prune_guard(self) -> None:
+        """Forget expired bans and stale failures once a minute: memory follows activity."""
+        loop = asyncio.get_running_loop()
+        self.guard.prune(loop.time())
+        self._prune_timer = loop.call_later(60, self._prune_guard)
+
     def _factory(self) -> asyncio.Protocol:
         session = ControlSession(self)
         self.sessions.add(session)
         return session.client
 
     async def close(self) -> None:
+        if self._prune_timer is not None:
+            self._prune_timer.cancel()
         for server in self.servers:
             server.close()
         self.servers.clear()
