@@ -304,6 +304,7 @@ class Cluster:
         health = {"check": "ftp", "interval": 0.5, "timeout": 0.5, "rise": 2, "fall": 2}
         per_backend = balancer.pop("backend_options", {})
         users = balancer.pop("users", {})
+        sections = balancer.pop("sections", {})
         for key in list(balancer):
             if key.startswith("health_"):
                 health[key[len("health_") :]] = balancer.pop(key)
@@ -313,6 +314,8 @@ class Cluster:
         if settings["mode"] == "inspect" and "data_ports" not in settings:
             first = free_ports(40, BALANCER_HOST)
             lines.insert(1, f'data_ports = "{first}-{first + 39}"')
+        for section, values in sections.items():  # type: ignore[attr-defined]
+            lines += ["", f"[{section}]"] + [f"{k} = {_toml(v)}" for k, v in values.items()]
         if users:
             lines += ["", "[users]"] + [f"{k} = {_toml(v)}" for k, v in users.items()]  # type: ignore[union-attr]
         for b in self.backends:
@@ -328,8 +331,12 @@ class Cluster:
             lines += [f"{k} = {_toml(v)}" for k, v in opts.items()]
         return "\n".join(lines) + "\n"
 
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "ftplb.toml"
+
     def start_balancer(self, wait_ready: bool = True, **balancer: object) -> Process:
-        config = self.workdir / "ftplb.toml"
+        config = self.config_path
         config.write_text(self.config_text(**balancer))
         argv = [sys.executable, "-m", "ftplb", "run", "-c", str(config)]
         proc = self.balancer = self.spawn("balancer", argv)

@@ -1,23 +1,27 @@
-"""`ftplb run`: wires config, pool, health checks and the mode's listeners together."""
+"""`ftplb run`: the running balancer: config, pool, health checks, listeners,
+signals, reload, drain, graceful stop. The admin API calls into `Runtime`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import resource
 import signal
 from collections.abc import Callable
 
-from ftplb.balancer.pool import Pool
-from ftplb.config import Config
+from ftplb.balancer.pool import Backend, Pool
+from ftplb.config import Config, load_config
+from ftplb.errors import ConfigError
 from ftplb.io.health import HealthChecker
 from ftplb.io.inspect import InspectBalancer
 from ftplb.io.routed import RoutedBalancer
 
 log = logging.getLogger("ftplb")
 
-SHUTDOWN_GRACE = 5.0
+# Settings a reload cannot change in place: the listeners are bound to them.
+RESTART_ONLY = ("listen", "mode", "data_listen", "data_ports")
 
 
 def raise_file_limit() -> int:
@@ -39,47 +43,174 @@ def install_uvloop() -> bool:
     return True
 
 
+class Runtime:
+    """Everything `ftplb run` holds while it runs."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pool = Pool(config.backends, config.balancer.balance)
+        self.health = HealthChecker(config, self.pool)
+        self.balancer: RoutedBalancer | InspectBalancer
+        if config.balancer.mode == "inspect":
+            self.balancer = InspectBalancer(config, self.pool)
+        else:
+            self.balancer = RoutedBalancer(config, self.pool)
+        self.stopping = asyncio.Event()
+        self.reloads = 0
+        self._reload_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        # The first round runs before we accept anyone: no client meets a dead backend.
+        await self.health.first_round()
+        try:
+            await self.balancer.start()
+        except OSError:
+            await self.health.stop()
+            raise
+        self.health.start()
+
+    # -- operator actions (signals and the admin API)
+
+    def backend(self, name: str) -> Backend | None:
+        return self.pool.by_name.get(name)
+
+    def set_drain(self, name: str, draining: bool) -> bool:
+        b = self.backend(name)
+        if b is None:
+            return False
+        b.draining = draining
+        if not draining:
+            b.disabled = False
+        log.warning("backend %s: %s by operator", name, "drain" if draining else "enabled")
+        return True
+
+    def set_disabled(self, name: str) -> bool:
+        b = self.backend(name)
+        if b is None:
+            return False
+        b.disabled = True
+        log.warning("backend %s: maintenance (disabled) by operator", name)
+        return True
+
+    def set_weight(self, name: str, weight: int) -> bool:
+        b = self.backend(name)
+        if b is None:
+            return False
+        b.weight = weight
+        log.warning("backend %s: weight %d by operator", name, weight)
+        return True
+
+    async def reload(self) -> tuple[bool, str]:
+        """Re-read the file. An invalid file changes nothing (the reason is logged)."""
+        async with self._reload_lock:
+            try:
+                new = load_config(self.config.path)
+            except ConfigError as exc:
+                log.error("reload rejected, configuration unchanged: %s", exc)
+                return False, str(exc)
+            old_b = self.config.balancer
+            kept = {
+                k: getattr(old_b, k)
+                for k in RESTART_ONLY
+                if getattr(old_b, k) != getattr(new.balancer, k)
+            }
+            if kept:
+                log.warning(
+                    "reload: %s changed; these need a restart and keep their old values",
+                    ", ".join(f"balancer.{k}" for k in kept),
+                )
+                new = dataclasses.replace(new, balancer=dataclasses.replace(new.balancer, **kept))
+            added, retired = self.pool.update(new.backends, new.balancer.balance)
+            self.config = new
+            self.balancer.config = new
+            failed = []
+            if isinstance(self.balancer, RoutedBalancer):
+                for b in retired:
+                    self.balancer.retire_when_idle(b)
+                for b in added:
+                    try:
+                        await self.balancer.open_data_listeners(b)
+                    except OSError as exc:
+                        failed.append(f"{b.name}: {exc}")
+                        b.disabled = True
+            else:
+                for b in retired:
+                    if b.sessions == 0 and b in self.pool.retired:
+                        self.pool.retired.remove(b)
+            await self.health.sync(new)
+            self.reloads += 1
+            summary = (
+                f"reloaded {new.path}: {len(self.pool.backends)} backends"
+                f" ({len(added)} added, {len(retired)} retiring), balance {new.balancer.balance}"
+            )
+            if failed:
+                summary += "; cannot listen for " + "; ".join(failed)
+                log.error("%s", summary)
+            else:
+                log.info("%s", summary)
+            return not failed, summary
+
+    async def stop(self) -> None:
+        """Stop accepting, let sessions finish up to shutdown_timeout, close the rest."""
+        loop = asyncio.get_running_loop()
+        timeout = self.config.balancer.shutdown_timeout
+        self.balancer.stop_accepting()
+        log.info(
+            "stopping: no new sessions; %d open, waiting up to %gs",
+            self.balancer.control_sessions,
+            timeout,
+        )
+        deadline = loop.time() + timeout
+        while self.balancer.control_sessions and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        if self.balancer.control_sessions:
+            log.warning("closing %d sessions still open", self.balancer.control_sessions)
+        self.balancer.close_sessions()
+        await self.balancer.close()
+        await self.health.stop()
+        await asyncio.sleep(0)
+
+
 async def serve(config: Config, started: Callable[[], None] | None = None) -> int:
     """Run the balancer until SIGINT/SIGTERM. Returns the exit code."""
-    pool = Pool(config.backends, config.balancer.balance)
-    health = HealthChecker(config, pool)
-    # The first round runs before we accept anyone, so no client meets a dead backend.
-    await health.first_round()
-    balancer: RoutedBalancer | InspectBalancer
-    if config.balancer.mode == "inspect":
-        balancer = InspectBalancer(config, pool)
-    else:
-        balancer = RoutedBalancer(config, pool)
+    runtime = Runtime(config)
     try:
-        await balancer.start()
+        await runtime.start()
     except OSError as exc:
         log.error("cannot listen: %s", exc)
-        await health.stop()
         return 2
-    health.start()
+    admin = None
+    if config.admin.listen is not None:
+        from ftplb.admin.server import AdminServer
 
-    stop = asyncio.Event()
+        admin = AdminServer(runtime)
+        try:
+            await admin.start()
+        except OSError as exc:
+            log.error("admin.listen %s: %s", config.admin.listen, exc)
+            await runtime.stop()
+            return 2
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(
-        signal.SIGHUP, lambda: log.warning("SIGHUP: reload is not available yet; ignored")
-    )
-    up = sum(b.up for b in pool.backends)
-    log.info("ready: %d of %d backends up", up, len(pool.backends))
+        loop.add_signal_handler(sig, runtime.stopping.set)
+    reloads: set[asyncio.Task[tuple[bool, str]]] = set()
+
+    def on_hup() -> None:
+        task = asyncio.ensure_future(runtime.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    up = sum(b.up for b in runtime.pool.backends)
+    log.info("ready: %d of %d backends up", up, len(runtime.pool.backends))
     if started is not None:
         started()
     try:
-        await stop.wait()
+        await runtime.stopping.wait()
     finally:
-        log.info("stopping: no new sessions; closing in up to %gs", SHUTDOWN_GRACE)
-        await balancer.close()
-        await health.stop()
-        deadline = loop.time() + SHUTDOWN_GRACE
-        while balancer.control_sessions and loop.time() < deadline:
-            await asyncio.sleep(0.1)
-        balancer.close_sessions()
-        await asyncio.sleep(0)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        await runtime.stop()
+        if admin is not None:
+            await admin.stop()
     return 0

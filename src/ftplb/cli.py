@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import json
 import logging
 import sys
 
@@ -15,12 +16,34 @@ from ftplb.errors import ConfigError
 EXIT_CONFIG = 2
 
 
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(
+    verbose: bool = False, fmt: str = "text", file: str = "", level: str = "info"
+) -> None:
+    handler: logging.Handler = (
+        logging.FileHandler(file, encoding="utf-8") if file else logging.StreamHandler(sys.stderr)
     )
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else getattr(logging, level.upper()))
 
 
 def _load(path: str) -> Config | None:
@@ -37,7 +60,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    setup_logging(args.verbose)
+    try:
+        setup_logging(args.verbose, config.log.format, config.log.file, config.log.level)
+    except OSError as exc:
+        print(f"{config.path}: log.file: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CONFIG
     log = logging.getLogger("ftplb")
     limit = raise_file_limit()
     uv = install_uvloop()
@@ -124,8 +151,28 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    print("ftplb status: the admin API is not available yet", file=sys.stderr)
-    return 1
+    from ftplb.admin.client import AdminClient, AdminError, print_status
+
+    try:
+        client = AdminClient.from_args(args)
+        print_status(client.status(), client.backends())
+    except AdminError as exc:
+        print(f"ftplb {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_backend_action(args: argparse.Namespace) -> int:
+    from ftplb.admin.client import AdminClient, AdminError
+
+    try:
+        client = AdminClient.from_args(args)
+        b = client.action(args.name, args.command)
+    except AdminError as exc:
+        print(f"ftplb {args.command}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{b['name']}: {b['state']} ({b['sessions']['current']} sessions open)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,8 +207,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", required=True, metavar="FILE")
     p.set_defaults(func=cmd_render)
 
+    def admin_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--admin",
+            metavar="URL",
+            help="the admin API (default: [admin] listen from -c, else http://127.0.0.1:9021)",
+        )
+        p.add_argument("-c", "--config", metavar="FILE", help="read [admin] listen and token here")
+        p.add_argument(
+            "--token", help="bearer token (default: [admin] token from -c, or $FTPLB_TOKEN)"
+        )
+
     p = sub.add_parser("status", help="the pool as the running balancer sees it")
+    admin_options(p)
     p.set_defaults(func=cmd_status)
+    for action, text in (
+        ("drain", "no new sessions for a backend; current ones finish"),
+        ("enable", "undo drain/disable"),
+        ("disable", "maintenance: no new sessions, shown as MAINT"),
+    ):
+        p = sub.add_parser(action, help=text)
+        p.add_argument("name", help="backend name")
+        admin_options(p)
+        p.set_defaults(func=cmd_backend_action)
     return parser
 
 

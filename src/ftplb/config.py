@@ -89,6 +89,8 @@ class BalancerConfig:
     """Inspect mode: seconds over which failed logins are counted."""
     ban_time: float = 600.0
     """Inspect mode: seconds a banned address is refused (421)."""
+    shutdown_timeout: float = 30.0
+    """On SIGTERM: seconds sessions get to finish before they are closed."""
 
     @property
     def data_host(self) -> str:
@@ -138,6 +140,16 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    format: str = "text"
+    """"text" or "json" (one object per line)."""
+    file: str = ""
+    """Append to this file instead of stderr."""
+    level: str = "info"
+    """debug, info, warning, error."""
+
+
+@dataclass(frozen=True)
 class BackendConfig:
     name: str
     """Unique name, used in logs and the admin API."""
@@ -161,6 +173,7 @@ class Config:
     tls: TlsConfig
     admin: AdminConfig
     backends: tuple[BackendConfig, ...] = field(default_factory=tuple)
+    log: LogConfig = field(default_factory=LogConfig)
     users: dict[str, str] = field(default_factory=dict)
     """Inspect mode: user name -> backend name, pinned before any policy."""
 
@@ -306,8 +319,20 @@ def parse_config(data: dict[str, Any], file: str = "<config>") -> Config:
     admin = _parse_admin(_Table(file, "admin", top.get("admin", dict, {})))
     backends = _parse_backends(file, top.get("backends", list, []), balancer)
     users = _parse_users(_Table(file, "users", top.get("users", dict, {})), backends, balancer)
+    log = _parse_log(_Table(file, "log", top.get("log", dict, {})))
     top.finish()
-    return Config(file, balancer, health, tls, admin, backends, users)
+    return Config(file, balancer, health, tls, admin, backends, log, users)
+
+
+def _parse_log(t: _Table) -> LogConfig:
+    d = LogConfig()
+    cfg = LogConfig(
+        format=t.choice("format", ("text", "json"), d.format),
+        file=t.get("file", str, d.file),
+        level=t.choice("level", ("debug", "info", "warning", "error"), d.level),
+    )
+    t.finish()
+    return cfg
 
 
 def _parse_users(
@@ -358,6 +383,7 @@ def _parse_balancer(t: _Table) -> BalancerConfig:
             "login_failure_window", d.login_failure_window, low=1, high=86400 * 7
         ),
         ban_time=t.number("ban_time", d.ban_time, low=0, high=86400 * 365),
+        shutdown_timeout=t.number("shutdown_timeout", d.shutdown_timeout, low=0, high=86400),
     )
     if cfg.balance == "user" and cfg.mode != "inspect":
         raise t.error("balance", '"user" needs mode = "inspect" (routed mode never sees USER)')

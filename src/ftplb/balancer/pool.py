@@ -17,6 +17,11 @@ class Backend:
     up: bool = False
     checked: bool = False
     draining: bool = False
+    """Operator's drain: no new sessions, current ones finish, checks go on."""
+    disabled: bool = False
+    """Operator's maintenance: like drain, and shown as MAINT."""
+    retired: bool = False
+    """Removed by a reload: kept until its last session ends."""
     sessions: int = 0
     sessions_total: int = 0
     bytes_in: int = 0
@@ -40,7 +45,18 @@ class Backend:
     @property
     def available(self) -> bool:
         """May take a new session."""
-        return self.up and not self.draining and self.weight > 0
+        return self.up and not (self.draining or self.disabled or self.retired) and self.weight > 0
+
+    @property
+    def state(self) -> str:
+        """UP, DOWN, DRAIN, MAINT or RETIRED, as the status page shows it."""
+        if self.retired:
+            return "RETIRED"
+        if self.disabled:
+            return "MAINT"
+        if self.draining:
+            return "DRAIN"
+        return "UP" if self.up else "DOWN"
 
 
 class Pool:
@@ -49,7 +65,45 @@ class Pool:
     def __init__(self, backends: Iterable[BackendConfig], policy: str) -> None:
         self.backends = [Backend(b) for b in backends]
         self.by_name = {b.name: b for b in self.backends}
+        self.policy_name = policy
         self.policy: Policy = make_policy(policy)
+        self.retired: list[Backend] = []
+
+    def update(
+        self, configs: Iterable[BackendConfig], policy: str
+    ) -> tuple[list[Backend], list[Backend]]:
+        """Apply a reloaded backend list. Returns (added, retired).
+
+        A backend whose name stays keeps its state, counters and sessions; a
+        changed address or passive range makes it a new backend (the old one
+        retires and drains)."""
+        added: list[Backend] = []
+        retired: list[Backend] = []
+        new_list: list[Backend] = []
+        for cfg in configs:
+            old = self.by_name.get(cfg.name)
+            if old is not None and (
+                old.config.address == cfg.address and old.config.passive_ports == cfg.passive_ports
+            ):
+                old.config = cfg
+                old.weight = cfg.weight
+                new_list.append(old)
+            else:
+                b = Backend(cfg)
+                added.append(b)
+                new_list.append(b)
+        kept = {id(b) for b in new_list}
+        for old in self.backends:
+            if id(old) not in kept:
+                old.retired = True
+                retired.append(old)
+        self.retired.extend(retired)
+        self.backends = new_list
+        self.by_name = {b.name: b for b in new_list}
+        if policy != self.policy_name:
+            self.policy_name = policy
+            self.policy = make_policy(policy)
+        return added, retired
 
     def choose(
         self, client_ip: str, key: str | None = None, exclude: Collection[str] = ()
@@ -62,7 +116,7 @@ class Pool:
 
     def passive_port_owner(self, port: int) -> Backend | None:
         """Routed mode: the backend whose passive range contains `port`."""
-        for b in self.backends:
+        for b in [*self.backends, *self.retired]:
             if b.config.passive_ports is not None and port in b.config.passive_ports:
                 return b
         return None

@@ -98,10 +98,24 @@ class HealthChecker:
         for b in self.pool.backends:
             self._tasks.append(asyncio.create_task(self._loop(b), name=f"health {b.name}"))
 
+    async def sync(self, config: Config) -> None:
+        """After a reload: new settings, a loop per current backend (new ones checked at once)."""
+        await self.stop()
+        self.config = config
+        h = config.health
+        trackers = {}
+        for b in self.pool.backends:
+            known = self.trackers.get(b.name) if b.checked else None
+            tracker = known or HealthTracker(h.rise, h.fall)
+            tracker.rise, tracker.fall = h.rise, h.fall
+            trackers[b.name] = tracker
+        self.trackers = trackers
+        self.start()
+
     async def _loop(self, backend: Backend) -> None:
-        interval = self.config.health.interval
         while True:
-            await asyncio.sleep(interval)
+            if self.trackers[backend.name].up is not None:
+                await asyncio.sleep(self.config.health.interval)
             try:
                 await self.check(backend)
             except Exception:  # a bug here must not stop checking

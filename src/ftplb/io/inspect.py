@@ -35,6 +35,7 @@ from ftplb.proto.session import (
     SendBackend,
     SendClient,
     SessionSettings,
+    Transferred,
 )
 
 log = logging.getLogger("ftplb.session")
@@ -191,6 +192,20 @@ class ControlSession:
                 self.balancer.login_result(self, ok, user)
             case Log(message):
                 log.info("%s %s", self.who(), message)
+            case Transferred(direction, command, file, size, duration):
+                self.balancer.transfers[direction] += 1
+                name = file.replace('"', "'")
+                where = self.backend.name if self.backend else "-"
+                log.info(
+                    '%s transfer backend=%s %s %s file="%s" bytes=%d duration=%.3fs',
+                    self.who(),
+                    where,
+                    direction,
+                    command,
+                    name,
+                    size,
+                    duration,
+                )
 
     def who(self) -> str:
         user = self.core.user if self.core is not None and self.core.user else "-"
@@ -302,7 +317,8 @@ class ControlSession:
 
     def _data_opened(self) -> None:
         if self.data is not None:
-            self.balancer.data_connections[self.data.mode] += 1
+            direction = "inbound" if self.data.mode == "passive" else "outbound"
+            self.balancer.data_connections[direction] += 1
         if self.core is not None and not self.closed:
             self.run(self.core.data_opened(self.loop.time()))
 
@@ -389,6 +405,7 @@ class InspectBalancer:
         self.rejected: Counter[str] = Counter()
         self.logins: Counter[str] = Counter()
         self.data_connections: Counter[str] = Counter()
+        self.transfers: Counter[str] = Counter()
         self._prune_timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
@@ -417,12 +434,15 @@ class InspectBalancer:
         self.sessions.add(session)
         return session.client
 
-    async def close(self) -> None:
-        if self._prune_timer is not None:
-            self._prune_timer.cancel()
+    def stop_accepting(self) -> None:
         for server in self.servers:
             server.close()
         self.servers.clear()
+
+    async def close(self) -> None:
+        if self._prune_timer is not None:
+            self._prune_timer.cancel()
+        self.stop_accepting()
 
     def close_sessions(self) -> None:
         for session in list(self.sessions):
@@ -485,6 +505,10 @@ class InspectBalancer:
                 del self.per_ip[ip]
             if session.backend is not None:
                 session.backend.sessions -= 1
+                if session.backend.retired and session.backend.sessions == 0:
+                    if session.backend in self.pool.retired:
+                        self.pool.retired.remove(session.backend)
+                    log.info("backend %s retired", session.backend.name)
                 session.backend.bytes_in += session.client.bytes_read
                 if session.backend_side is not None:
                     session.backend.bytes_out += session.backend_side.bytes_read

@@ -10,7 +10,6 @@ DNAT), optionally with a PROXY header of its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
 from typing import Any
@@ -140,10 +139,12 @@ class RoutedBalancer:
     def __init__(self, config: Config, pool: Pool) -> None:
         self.config = config
         self.pool = pool
-        self.servers: list[asyncio.Server] = []
+        self.control_server: asyncio.Server | None = None
+        self.data_servers: dict[str, list[asyncio.Server]] = {}
         self.control_sessions = 0
         self.sessions_total = 0
         self.rejected: Counter[str] = Counter()
+        self.data_connections: Counter[str] = Counter()
         # (client ip, backend name) -> open data connections: a control session
         # whose client is moving data to its backend is not idle.
         self._data_by_client: Counter[tuple[str, str]] = Counter()
@@ -154,20 +155,34 @@ class RoutedBalancer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         listen = self.config.balancer.listen
-        self.servers.append(await self._listen(loop, listen, self._control_factory))
-        data_host = self.config.balancer.data_host
+        self.control_server = await self._listen(loop, listen, self._control_factory)
         for backend in self.pool.backends:
-            ports = backend.config.passive_ports
-            assert ports is not None
-            for port in ports:
-                factory = self._data_factory(backend, port)
-                self.servers.append(await self._listen(loop, HostPort(data_host, port), factory))
+            await self.open_data_listeners(backend)
+        ports = sum(len(v) for v in self.data_servers.values())
         log.info(
             "routed mode: control on %s, %d data ports on %s",
             listen,
-            len(self.servers) - 1,
-            data_host,
+            ports,
+            self.config.balancer.data_host,
         )
+
+    async def open_data_listeners(self, backend: Backend) -> None:
+        """A listener on every port of the backend's passive range."""
+        loop = asyncio.get_running_loop()
+        ports = backend.config.passive_ports
+        assert ports is not None
+        servers = self.data_servers.setdefault(backend.name, [])
+        try:
+            for port in ports:
+                at = HostPort(self.config.balancer.data_host, port)
+                servers.append(await self._listen(loop, at, self._data_factory(backend, port)))
+        except OSError:
+            self.close_data_listeners(backend)
+            raise
+
+    def close_data_listeners(self, backend: Backend) -> None:
+        for server in self.data_servers.pop(backend.name, []):
+            server.close()
 
     async def _listen(self, loop: asyncio.AbstractEventLoop, at: HostPort, factory: Any) -> Any:
         return await loop.create_server(factory, at.host, at.port, reuse_address=True, backlog=512)
@@ -185,17 +200,32 @@ class RoutedBalancer:
 
         return factory
 
+    def stop_accepting(self) -> None:
+        """No new sessions; data listeners stay for the sessions in progress."""
+        if self.control_server is not None:
+            self.control_server.close()
+            self.control_server = None
+
     async def close(self) -> None:
-        for server in self.servers:
-            server.close()
-        for server in self.servers:
-            with contextlib.suppress(Exception):
-                await server.wait_closed()
-        self.servers.clear()
+        self.stop_accepting()
+        for name in list(self.data_servers):
+            for server in self.data_servers.pop(name):
+                server.close()
 
     def close_sessions(self) -> None:
         for session in list(self._sessions):
             session.relay.close("balancer stopping", abort=True)
+
+    def retire_when_idle(self, backend: Backend) -> None:
+        """A backend removed by reload: its listeners go when its last session does."""
+        if backend.sessions == 0 and not self._has_data(backend):
+            self.close_data_listeners(backend)
+            if backend in self.pool.retired:
+                self.pool.retired.remove(backend)
+                log.info("backend %s retired", backend.name)
+
+    def _has_data(self, backend: Backend) -> bool:
+        return any(name == backend.name for _, name in self._data_by_client)
 
     # -- sessions
 
@@ -205,6 +235,7 @@ class RoutedBalancer:
             backend = session.backend
             assert backend is not None
             backend.data_connections_total += 1
+            self.data_connections["inbound"] += 1
             self._data_by_client[(client_ip, backend.name)] += 1
             header = b""
             if backend.config.send_proxy_data:
@@ -270,6 +301,8 @@ class RoutedBalancer:
         if session.counted and backend is not None:
             self.control_sessions -= 1
             backend.sessions -= 1
+        if backend is not None and backend.retired:
+            self.retire_when_idle(backend)
         log.info("%s", session.log_line())
 
     def has_data_connection(self, session: Session) -> bool:

@@ -88,6 +88,17 @@ class Log:
     message: str
 
 
+@dataclass(frozen=True)
+class Transferred:
+    """A transfer ended (for the xferlog-style line and the counters)."""
+
+    direction: str  # "upload" | "download"
+    command: str
+    file: str
+    size: int
+    duration: float
+
+
 Cmd = (
     SendClient
     | SendBackend
@@ -99,6 +110,7 @@ Cmd = (
     | CloseData
     | LoginResult
     | Log
+    | Transferred
 )
 
 
@@ -260,13 +272,7 @@ class InspectSession:
         upload = t.command.verb in UPLOAD_COMMANDS
         direction = "upload" if upload else "download"
         size = bytes_up if upload else bytes_down
-        name = t.command.arg.replace('"', "'")
-        return [
-            Log(
-                f'transfer backend={self.backend_name} {direction} {t.command.verb} file="{name}" '
-                f"bytes={size} duration={now - t.started:.3f}s"
-            )
-        ]
+        return [Transferred(direction, t.command.verb, t.command.arg, size, now - t.started)]
 
     def tick(self, now: float) -> list[Cmd]:
         if self.phase == "closed":

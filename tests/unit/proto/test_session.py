@@ -10,11 +10,11 @@ from ftplb.proto.session import (
     ConnectClientData,
     InspectSession,
     ListenData,
-    Log,
     LoginResult,
     SendBackend,
     SendClient,
     SessionSettings,
+    Transferred,
 )
 
 CLIENT = ("198.51.100.7", 40000)
@@ -101,7 +101,7 @@ def test_active_client_passive_backend() -> None:
     assert s.data_opened(2) == []
     assert s.backend_data(b"226 done\r\n", 3) == [SendClient(b"226 done\r\n")]
     out = s.data_closed(0, 1234, 3.5)
-    assert out == [Log('transfer backend=ftp1 download RETR file="f" bytes=1234 duration=1.500s')]
+    assert out == [Transferred("download", "RETR", "f", 1234, 1.5)]
     # One PORT, one transfer: the next transfer without PORT goes straight through.
     assert s.client_data(b"LIST\r\n", 4) == [SendBackend(b"LIST\r\n")]
 
