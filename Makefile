@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 FTPD_LIBS := libacl1 libcap2 libcrypt1 libhiredis0.14 libidn2-0 libmemcached11 \
 	libmemcachedutil2 libncursesw6 libpam0g libpcre2-8-0 libpcre2-posix3 libssl3 \
 	libtinfo6 zlib1g libsodium23
-DEB_PACKAGES := curl lftp vsftpd haproxy iproute2 openssl chromium $(FTPD_LIBS)
+DEB_PACKAGES := curl lftp vsftpd haproxy iproute2 nftables iptables openssl chromium \
+	$(FTPD_LIBS)
 UNPACKED := proftpd-core pure-ftpd
 DEPS_ROOT := .deps/root
 

@@ -146,8 +146,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    print(f"ftplb render: {args.kind} is not available yet", file=sys.stderr)
-    return EXIT_CONFIG
+    from ftplb.render import RenderError, RenderOptions, render
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    options = RenderOptions(
+        public_if=args.public_if or "",
+        private_if=args.private_if or "",
+        backend=args.backend or "",
+        root=args.root,
+    )
+    try:
+        sys.stdout.write(render(args.kind, config, options))
+    except RenderError as exc:
+        print(f"{config.path}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -202,9 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="the cluster as configuration for other tools")
     p.add_argument(
         "kind",
-        choices=["haproxy", "iptables", "nftables", "proftpd", "vsftpd", "pure-ftpd"],
+        choices=[
+            "haproxy",
+            "iptables",
+            "nftables",
+            "proftpd",
+            "vsftpd",
+            "pure-ftpd",
+            "ftplb-backend",
+        ],
     )
     p.add_argument("-c", "--config", required=True, metavar="FILE")
+    p.add_argument("--public-if", metavar="IF", help="interface clients arrive on (NAT rules)")
+    p.add_argument("--private-if", metavar="IF", help="interface toward the backends (NAT rules)")
+    p.add_argument("--backend", metavar="NAME", help="per-backend kinds: only this backend")
+    p.add_argument("--root", default="/srv/ftp", help="ftplb-backend: directory to serve")
     p.set_defaults(func=cmd_render)
 
     def admin_options(p: argparse.ArgumentParser) -> None:

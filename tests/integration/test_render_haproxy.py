@@ -1,0 +1,81 @@
+"""The rendered HAProxy configuration, run for real on loopback: the classic design works."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import BALANCER_HOST, PASSWORD, USER, Cluster, sha256, wait_for
+from tests.conftest import need
+
+DATA = os.urandom(1024 * 1024 + 9)
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_rendered_haproxy_balances_ftp(cluster: Cluster, version: str, tmp_path: Path) -> None:
+    haproxy = need("haproxy")
+    for _ in range(3):
+        b = cluster.add_backend()
+        (b.root / "data.bin").write_bytes(DATA)
+    config = cluster.workdir / "ftplb.toml"
+    config.write_text(
+        cluster.config_text(
+            send_proxy=version,
+            balance="roundrobin",
+            data_listen=BALANCER_HOST,
+            backend_options={b.name: {"send_proxy_data": True} for b in cluster.backends},
+        )
+    )
+    rendered = subprocess.run(
+        [sys.executable, "-m", "ftplb", "render", "haproxy", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    cfg = cluster.workdir / "haproxy.cfg"
+    cfg.write_text(rendered)
+    proc = cluster.spawn("haproxy", [haproxy, "-db", "-f", str(cfg)])
+    url = f"ftp://{USER}:{PASSWORD}@{BALANCER_HOST}:{cluster.balancer_port}/"
+
+    def greets() -> bool:
+        done = subprocess.run(
+            [need("curl"), "-sS", "--max-time", "5", url + "whoami.txt"], capture_output=True
+        )
+        return done.returncode == 0
+
+    wait_for(greets, timeout=15, what="HAProxy to pass its first checks")
+    served = set()
+    for n, flags in enumerate(
+        [
+            ["--disable-epsv", "--no-ftp-skip-pasv-ip"],
+            [],
+            ["--disable-epsv", "--no-ftp-skip-pasv-ip"],
+            [],
+        ]
+    ):
+        ip = f"127.0.0.{21 + n}"
+        done = subprocess.run(
+            [need("curl"), "-sS", "--max-time", "30", *flags, "--interface", ip, url + "data.bin"],
+            capture_output=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr.decode() + proc.log()
+        assert sha256(done.stdout) == sha256(DATA)
+        who = subprocess.run(
+            [need("curl"), "-sS", "--max-time", "30", "--interface", ip, url + "whoami.txt"],
+            capture_output=True,
+            timeout=60,
+        ).stdout.decode()
+        served.add(who)
+        backend = next(b for b in cluster.backends if b.name == who)
+        assert backend.process is not None
+        log = backend.process.log()
+        # The backend saw the client, on control and on data, through HAProxy's headers.
+        assert re.search(rf"{re.escape(ip)}:\d+-\[{USER}\] USER '{USER}' logged in", log)
+        assert re.search(rf"data connection from {re.escape(ip)}:\d+ \(PROXY {version}", log)
+    assert len(served) >= 2
