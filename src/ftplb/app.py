@@ -16,6 +16,7 @@ from ftplb.config import Config, load_config
 from ftplb.errors import ConfigError
 from ftplb.io.health import HealthChecker
 from ftplb.io.inspect import InspectBalancer
+from ftplb.io.kernel import KernelDataPathError
 from ftplb.io.routed import RoutedBalancer
 
 log = logging.getLogger("ftplb")
@@ -64,7 +65,7 @@ class Runtime:
         await self.health.first_round()
         try:
             await self.balancer.start()
-        except OSError:
+        except (OSError, KernelDataPathError):
             await self.health.stop()
             raise
         self.health.start()
@@ -125,6 +126,10 @@ class Runtime:
             self.balancer.config = new
             failed = []
             if isinstance(self.balancer, RoutedBalancer):
+                try:
+                    await self.balancer.reloaded()
+                except KernelDataPathError as exc:
+                    failed.append(str(exc))
                 for b in retired:
                     self.balancer.retire_when_idle(b)
                 for b in added:
@@ -178,6 +183,9 @@ async def serve(config: Config, started: Callable[[], None] | None = None) -> in
         await runtime.start()
     except OSError as exc:
         log.error("cannot listen: %s", exc)
+        return 2
+    except KernelDataPathError as exc:
+        log.error("balancer.data_path = kernel: %s", exc)
         return 2
     admin = None
     if config.admin.listen is not None:

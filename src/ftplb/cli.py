@@ -97,7 +97,13 @@ def plan(config: Config) -> list[str]:
             if be.send_proxy_data:
                 line += f", PROXY {proxy if proxy != 'off' else 'v1'} on data"
         lines.append(line)
-    if b.mode == "routed":
+    if b.mode == "routed" and b.data_path == "kernel":
+        lines.append(
+            "data path: kernel: an nftables table 'inet ftplb' DNATs the passive ranges to "
+            f"their backends and SNATs their active-mode connections to {b.public_address}. "
+            "Needs CAP_NET_ADMIN and this host as the backends' gateway (net.ipv4.ip_forward=1)"
+        )
+    elif b.mode == "routed":
         total = sum(len(x.passive_ports or ()) for x in config.backends)
         lines.append(f"data listeners: {total} ports on {b.data_host}")
         lines.append(
@@ -156,6 +162,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         private_if=args.private_if or "",
         backend=args.backend or "",
         root=args.root,
+        control_only=args.control_only,
+        no_dnat=args.no_dnat,
     )
     try:
         sys.stdout.write(render(args.kind, config, options))
@@ -232,6 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private-if", metavar="IF", help="interface toward the backends (NAT rules)")
     p.add_argument("--backend", metavar="NAME", help="per-backend kinds: only this backend")
     p.add_argument("--root", default="/srv/ftp", help="ftplb-backend: directory to serve")
+    p.add_argument(
+        "--control-only",
+        action="store_true",
+        help="haproxy: no passive-range frontends (the kernel forwards data)",
+    )
+    p.add_argument(
+        "--no-dnat",
+        action="store_true",
+        help="iptables/nftables: SNAT and forward policy only (a user-space data path)",
+    )
     p.set_defaults(func=cmd_render)
 
     def admin_options(p: argparse.ArgumentParser) -> None:

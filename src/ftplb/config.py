@@ -71,6 +71,10 @@ class BalancerConfig:
     """Inspect mode: the balancer's own passive ports."""
     data_listen: str = ""
     """Address the data listeners bind to; defaults to the host of `listen`."""
+    data_path: str = "user"
+    """Routed mode: "user" (ftplb relays passive data) or "kernel" (an nftables
+    table of ftplb's own DNATs the passive ranges; needs CAP_NET_ADMIN and the
+    balancer as the backends' gateway)."""
     max_sessions: int = 10000
     """Concurrent control sessions; clients beyond it get 421."""
     idle_timeout: float = 600.0
@@ -370,6 +374,7 @@ def _parse_balancer(t: _Table) -> BalancerConfig:
         send_proxy=t.choice("send_proxy", PROXY_VERSIONS, d.send_proxy),
         data_ports=t.parsed("data_ports", parse_port_range, d.data_ports),
         data_listen=t.parsed("data_listen", parse_ip, ""),
+        data_path=t.choice("data_path", ("user", "kernel"), d.data_path),
         max_sessions=t.number("max_sessions", d.max_sessions, low=1, high=1e7, integer=True),
         idle_timeout=t.number("idle_timeout", d.idle_timeout, low=1, high=86400 * 7),
         connect_timeout=t.number("connect_timeout", d.connect_timeout, low=0.1, high=300),
@@ -385,6 +390,8 @@ def _parse_balancer(t: _Table) -> BalancerConfig:
         ban_time=t.number("ban_time", d.ban_time, low=0, high=86400 * 365),
         shutdown_timeout=t.number("shutdown_timeout", d.shutdown_timeout, low=0, high=86400),
     )
+    if cfg.data_path == "kernel" and cfg.mode != "routed":
+        raise t.error("data_path", '"kernel" is for mode = "routed"')
     if cfg.balance == "user" and cfg.mode != "inspect":
         raise t.error("balance", '"user" needs mode = "inspect" (routed mode never sees USER)')
     t.finish()

@@ -16,6 +16,7 @@ from typing import Any
 
 from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config, HostPort
+from ftplb.io import kernel
 from ftplb.io.relay import Relay, client_addresses, enable_keepalive
 from ftplb.proto import proxy_protocol
 
@@ -155,7 +156,14 @@ class RoutedBalancer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         listen = self.config.balancer.listen
-        self.control_server = await self._listen(loop, listen, self._control_factory)
+        if self.kernel:
+            await kernel.install(self.config)
+        try:
+            self.control_server = await self._listen(loop, listen, self._control_factory)
+        except OSError:
+            if self.kernel:
+                await kernel.remove()
+            raise
         for backend in self.pool.backends:
             await self.open_data_listeners(backend)
         ports = sum(len(v) for v in self.data_servers.values())
@@ -167,7 +175,9 @@ class RoutedBalancer:
         )
 
     async def open_data_listeners(self, backend: Backend) -> None:
-        """A listener on every port of the backend's passive range."""
+        """A listener on every port of the backend's passive range (user-space data path)."""
+        if self.kernel:
+            return
         loop = asyncio.get_running_loop()
         ports = backend.config.passive_ports
         assert ports is not None
@@ -211,6 +221,20 @@ class RoutedBalancer:
         for name in list(self.data_servers):
             for server in self.data_servers.pop(name):
                 server.close()
+        if self.kernel:
+            try:
+                await kernel.remove()
+            except kernel.KernelDataPathError as exc:
+                log.error("%s", exc)
+
+    async def reloaded(self) -> None:
+        """The config changed: the kernel's table follows it."""
+        if self.kernel:
+            await kernel.install(self.config)
+
+    @property
+    def kernel(self) -> bool:
+        return self.config.balancer.data_path == "kernel"
 
     def close_sessions(self) -> None:
         for session in list(self._sessions):

@@ -24,6 +24,10 @@ class RenderOptions:
     """Render only this backend (per-backend kinds)."""
     root: str = "/srv/ftp"
     """ftplb-backend: the directory to serve."""
+    control_only: bool = False
+    """haproxy: no passive-range frontends (the kernel DNATs the data)."""
+    no_dnat: bool = False
+    """iptables/nftables: only SNAT and the forward policy (user-space passive data)."""
 
 
 class RenderError(Exception):
@@ -124,7 +128,7 @@ def haproxy(config: Config, options: RenderOptions) -> str:
         proxy = _haproxy_proxy(config.proxy_version(be))
         extra = f" {proxy} check-send-proxy" if proxy else ""
         lines.append(f"    server {be.name} {be.address} check weight {be.weight}{extra}")
-    for be, ports in _ranges(config):
+    for be, ports in [] if options.control_only else _ranges(config):
         data_proxy = ""
         if be.send_proxy_data:
             version = config.proxy_version(be)
@@ -176,7 +180,7 @@ def iptables(config: Config, options: RenderOptions) -> str:
         "-A PREROUTING -j FTPLB-DNAT",
         "-A POSTROUTING -j FTPLB-SNAT",
     ]
-    for be, ports in v4:
+    for be, ports in [] if options.no_dnat else v4:
         host = be.address.host
         lines += [
             f"# {be.name}: its passive range, to it, same port (it advertises {public}).",
@@ -232,7 +236,7 @@ def nftables(config: Config, options: RenderOptions) -> str:
         "    chain prerouting {",
         "        type nat hook prerouting priority dstnat; policy accept;",
     ]
-    for be, ports in v4:
+    for be, ports in [] if options.no_dnat else v4:
         lines.append(
             f"        {pub_in}ip daddr {public} tcp dport {ports.first}-{ports.last}"
             f' dnat ip to {be.address.host} comment "{be.name}: passive range, same port"'
