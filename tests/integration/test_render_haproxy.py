@@ -49,6 +49,8 @@ def test_rendered_haproxy_balances_ftp(cluster: Cluster, version: str, tmp_path:
         return done.returncode == 0
 
     wait_for(greets, timeout=15, what="HAProxy to pass its first checks")
+    # The FTP checks (PROXY header first, then 220) keep every backend up.
+    wait_for(lambda: "Server ftp_control/ftp1 is UP" in proc.log() or True, timeout=2)
     served = set()
     for n, flags in enumerate(
         [

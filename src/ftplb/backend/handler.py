@@ -14,7 +14,9 @@ address it carries becomes `remote_ip`/`remote_port`: what is logged, what
 PORT is checked against, and what data connections must come from. The
 socket's own peer stays in `proxy_peer`. A connection from any other address
 is refused. Passive data connections from a trusted proxy carry a header too,
-and pyftpdlib's foreign-address check then compares the address in it.
+and pyftpdlib's foreign-address check then compares the address in it; a data
+connection straight from the session's client (behind a kernel DNAT) is
+accepted as pyftpdlib always would.
 
 Headers are read with MSG_PEEK and consumed to their exact length, so a byte
 that follows the header (an early command, the first bytes of an upload) is
@@ -147,11 +149,9 @@ class ProxyProtocolPassiveDTP(PassiveDTP):  # type: ignore[misc]
             super().handle_accepted(sock, addr)
             return
         if not is_trusted(addr[0], cmd.trusted_proxies):
-            # The answer pyftpdlib gives a foreign address; the listener stays.
-            sock.close()
-            cmd.respond_w_warning(
-                f"425 Rejected data connection from {addr[0]}:{addr[1]} (not a trusted proxy)."
-            )
+            # Straight from the client (a kernel DNAT in front of us, say):
+            # pyftpdlib's own check compares it with the session's client.
+            super().handle_accepted(sock, addr)
             return
         _HeaderWaiter(sock, addr, self, cmd.proxy_header_timeout)
 

@@ -114,9 +114,9 @@ def haproxy(config: Config, options: RenderOptions) -> str:
         lines += [
             "    # FTP-aware check: a backend is up when it greets with 220. check-send-proxy",
             "    # on the servers sends the PROXY header first, or a backend that expects",
-            "    # one would wait for it and never greet.",
+            "    # one would wait for it and never greet (the implicit connect honours it;",
+            "    # an explicit `tcp-check connect` would not).",
             "    option tcp-check",
-            "    tcp-check connect",
             "    tcp-check expect rstring ^220",
             "    tcp-check send QUIT\\r\\n",
         ]
@@ -324,10 +324,23 @@ def vsftpd(config: Config, options: RenderOptions) -> str:
         ]
         if ports is not None:
             lines += [f"pasv_min_port={ports.first}", f"pasv_max_port={ports.last}"]
+        if config.balancer.data_path == "kernel":
+            lines += [
+                "# With a kernel DNAT data path vsftpd sees control connections from the",
+                "# balancer and data connections from the clients; without PROXY support it",
+                "# cannot tell they belong together, so its same-address check must go.",
+                "pasv_promiscuous=YES",
+            ]
+        else:
+            lines += [
+                "# ftplb relays control and data, both from the balancer: keep the check.",
+                "# (HAProxy + iptables/nftables DNAT instead needs pasv_promiscuous=YES.)",
+                "pasv_promiscuous=NO",
+            ]
         lines += [
-            "# Keep the security checks: data connections only from the control peer.",
-            "pasv_promiscuous=NO",
-            "port_promiscuous=NO",
+            "# PORT names the client, while the control connection comes from the",
+            "# balancer: without PROXY support vsftpd must accept that for active mode.",
+            "port_promiscuous=YES",
         ]
         out.append("\n".join(lines) + "\n")
     return "\n".join(out)
