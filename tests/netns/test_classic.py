@@ -136,7 +136,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
                     )
                 )
                 t.spawn(t.backend(i), "b3", [need("vsftpd"), str(conf)])
-        for i, host in enumerate(BACKENDS):
+        for host in BACKENDS:
             wait_port(t, t.lb, host, 21)
         yield t
 
