@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -80,5 +81,7 @@ def test_rendered_haproxy_balances_ftp(cluster: Cluster, version: str, tmp_path:
         assert re.search(rf"{re.escape(ip)}:\d+-\[{USER}\] USER '{USER}' logged in", log)
         assert re.search(rf"data connection from {re.escape(ip)}:\d+ \(PROXY {version}", log)
     assert len(served) >= 2
-    # The FTP checks (PROXY header first, then 220) kept every backend up.
+    # The FTP checks (PROXY header first, then 220) keep every backend up:
+    # give them a few more rounds (interval 0.5 s, fall 2) to fail if they would.
+    time.sleep(2.0)
     assert "is DOWN" not in proc.log(), proc.log()
