@@ -56,7 +56,8 @@ test: deps venv lint typecheck
 	$(BIN)/pytest
 
 bench: deps venv
-	$(BIN)/python bench/transfer.py
+	$(BIN)/python bench/transfer.py --write-docs
+	$(BIN)/python bench/netns.py --write-docs
 
 clean:
 	rm -rf $(VENV) .deps build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

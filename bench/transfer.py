@@ -142,14 +142,15 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if args.write_docs:
-        write_docs(table)
+        write_block("bench/transfer.py", table)
     return 0
 
 
-def write_docs(table: str) -> None:
+def write_block(name: str, table: str) -> None:
+    """Replace (or add) the block `name` wrote last time in docs/performance.md."""
     path = ROOT / "docs" / "performance.md"
     text = path.read_text() if path.exists() else ""
-    start, end = "<!-- bench/transfer.py -->", "<!-- /bench/transfer.py -->"
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
     block = f"{start}\n{table}\n\nRun on {time.strftime('%Y-%m-%d')}.\n{end}"
     if start in text and end in text:
         before = text[: text.index(start)]

@@ -105,36 +105,28 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
                 empty = work / "empty"
                 empty.mkdir()
                 conf = work / "vsftpd.conf"
-                conf.write_text(
-                    "\n".join(
-                        [
-                            "listen=YES",
-                            "listen_ipv6=NO",
-                            f"listen_address={host}",
-                            "listen_port=21",
-                            "background=NO",
-                            "anonymous_enable=YES",
-                            "no_anon_password=YES",
-                            f"anon_root={root}",
-                            "local_enable=NO",
-                            "write_enable=NO",
-                            f"pasv_address={PUBLIC}",
-                            f"pasv_min_port={first}",
-                            f"pasv_max_port={last}",
-                            # Behind a DNAT, data comes from the client and control
-                            # from the balancer; vsftpd cannot read PROXY headers.
-                            "pasv_promiscuous=YES",
-                            "port_promiscuous=YES",
-                            "seccomp_sandbox=NO",
-                            f"secure_chroot_dir={empty}",
-                            "ftp_username=ftp",
-                            "idle_session_timeout=60",
-                            "data_connection_timeout=60",
-                            f"ftpd_banner=backend b{i + 1} ready",
-                            "",
-                        ]
-                    )
+                # The rendered configuration (kernel DNAT design: the promiscuous
+                # switches on), plus what this test needs: anonymous reads, foreground.
+                rendered = render(
+                    "vsftpd", config_text(work / "kernel.toml", "kernel"), "--backend", "b3"
                 )
+                assert "pasv_promiscuous=YES" in rendered and f"pasv_address={PUBLIC}" in rendered
+                extra = [
+                    "listen_ipv6=NO",
+                    "background=NO",
+                    "anonymous_enable=YES",
+                    "no_anon_password=YES",
+                    f"anon_root={root}",
+                    "local_enable=NO",
+                    "write_enable=NO",
+                    "seccomp_sandbox=NO",
+                    f"secure_chroot_dir={empty}",
+                    "ftp_username=ftp",
+                    "idle_session_timeout=60",
+                    "data_connection_timeout=60",
+                    f"ftpd_banner=backend b{i + 1} ready",
+                ]
+                conf.write_text(rendered + "\n".join(extra) + "\n")
                 t.spawn(t.backend(i), "b3", [need("vsftpd"), str(conf)])
         for host in BACKENDS:
             wait_port(t, t.lb, host, 21)

@@ -1,0 +1,223 @@
+"""Bulk download across the network-namespace topology (root only).
+
+    .venv/bin/python bench/netns.py [--size-mib 512] [--rounds 3] [--write-docs]
+
+Rows, all in the same run with interleaved rounds: direct (client routed to
+the backend through the balancer host, no balancer), ftplb routed with its
+user-space data path, ftplb routed with the kernel data path, and HAProxy (the
+rendered config, control only) with the rendered nftables rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.netns.topology import (  # noqa: E402
+    BACKENDS,
+    GATEWAY,
+    PUBLIC,
+    Topology,
+    namespaces_available,
+    topology,
+)
+
+from bench.transfer import machine, make_file, write_block  # noqa: E402
+
+MIB = 1024 * 1024
+FIRST, LAST = 30000, 30049
+
+
+def config(path: Path, data_path: str) -> str:
+    path.write_text(
+        "\n".join(
+            [
+                "[balancer]",
+                f'listen = "{PUBLIC}:21"',
+                f'public_address = "{PUBLIC}"',
+                f'data_listen = "{PUBLIC}"',
+                f'data_path = "{data_path}"',
+                # The backend sees control from the balancer and (kernel DNAT) data
+                # from the client: the PROXY header tells it they are the same client.
+                'send_proxy = "v1"',
+                "[[backends]]",
+                'name = "b1"',
+                f'address = "{BACKENDS[0]}:21"',
+                f'passive_ports = "{FIRST}-{LAST}"',
+                "send_proxy_data = true",
+                "",
+            ]
+        )
+    )
+    return str(path)
+
+
+def wait_up(t: Topology, host: str, port: int = 21) -> None:
+    probe = f"import socket; socket.create_connection(({host!r}, {port}), 1).close()"
+    for _ in range(100):
+        run = ["ip", "netns", "exec", t.client, sys.executable, "-c", probe]
+        if subprocess.run(run, capture_output=True).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"{host}:{port} not reachable from the client")
+
+
+def timed(t: Topology, host: str, port: int, size: int) -> float:
+    url = f"ftp://bench:bench@{host}:{port}/big.bin"
+    started = time.perf_counter()
+    done = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            t.client,
+            "curl",
+            "-sS",
+            "--max-time",
+            "300",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=330,
+    )
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0 or int(done.stdout or 0) != size:
+        raise SystemExit(f"{url}: {done.stderr} {done.stdout}")
+    return size / MIB / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size-mib", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args()
+    why = namespaces_available()
+    if why:
+        print(f"skipped: {why}")
+        return 0
+    size = args.size_mib * MIB
+    with tempfile.TemporaryDirectory(prefix="ftplb-netns-bench-") as tmp, topology(Path(tmp)) as t:
+        work = Path(tmp)
+        root = work / "root"
+        root.mkdir()
+        root.chmod(0o755)
+        make_file(root / "big.bin", size)
+        common = [f"--root={root}", "--user=bench:bench", f"--masquerade={PUBLIC}"]
+        backend = [sys.executable, "-m", "ftplb", "backend", *common]
+        t.spawn(
+            t.backend(0),
+            "b1",
+            [
+                *backend,
+                f"--listen={BACKENDS[0]}:21",
+                f"--passive-ports={FIRST}-{LAST}",
+                "--proxy-protocol",
+                f"--trusted-proxy={GATEWAY}/32",
+            ],
+        )
+        # The same files without PROXY, for the direct row (other ports, same host).
+        direct = [f"--listen={BACKENDS[0]}:2121", f"--passive-ports={LAST + 1}-{LAST + 50}"]
+        t.spawn(t.backend(0), "b1-direct", [*backend, *direct])
+        # The direct row: the client routed to the backend through the balancer host.
+        t.exec(t.client, "ip", "route", "add", "198.18.1.0/24", "via", PUBLIC)
+        try:
+            wait_up(t, BACKENDS[0], 2121)
+        except SystemExit:
+            print(
+                "\n".join(
+                    f"{p.name} rc={p.popen.poll()} {p.popen.args}: {p.log()}" for p in t.procs
+                )
+            )
+            raise
+
+        def ftplb(data_path: str) -> list[object]:
+            cfg = config(work / f"{data_path}.toml", data_path)
+            return [
+                t.spawn(
+                    t.lb, f"ftplb-{data_path}", [sys.executable, "-m", "ftplb", "run", "-c", cfg]
+                )
+            ]
+
+        def haproxy() -> list[object]:
+            cfg = config(work / "haproxy.toml", "user")
+            text = subprocess.run(
+                [sys.executable, "-m", "ftplb", "render", "haproxy", "-c", cfg, "--control-only"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            (work / "haproxy.cfg").write_text(text)
+            rules = subprocess.run(
+                [sys.executable, "-m", "ftplb", "render", "nftables", "-c", cfg],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            t.exec(t.lb, "nft", "-f", "-", input=rules)
+            return [t.spawn(t.lb, "haproxy", ["haproxy", "-db", "-f", str(work / "haproxy.cfg")])]
+
+        rows = {
+            "direct (routed through the balancer host)": (BACKENDS[0], 2121, lambda: []),
+            "ftplb routed, user-space data": (PUBLIC, 21, lambda: ftplb("user")),
+            "ftplb routed, kernel data path": (PUBLIC, 21, lambda: ftplb("kernel")),
+            "HAProxy control + rendered nftables DNAT": (PUBLIC, 21, haproxy),
+        }
+        results: dict[str, list[float]] = {name: [] for name in rows}
+        for round_ in range(args.rounds + 1):  # the first round warms up
+            for name, (host, port, setup) in rows.items():
+                procs = setup()
+                try:
+                    wait_up(t, host, port)
+                    time.sleep(0.3)
+                    try:
+                        speed = timed(t, host, port, size)
+                    except SystemExit as exc:
+                        logs = "\n".join(p.log()[-1500:] for p in [*procs, *t.procs])  # type: ignore[attr-defined]
+                        raise SystemExit(f"{name}: {exc}\n{logs}") from None
+                finally:
+                    for proc in procs:
+                        proc.stop()  # type: ignore[attr-defined]
+                        t.procs.remove(proc)  # type: ignore[arg-type]
+                    subprocess.run(
+                        ["ip", "netns", "exec", t.lb, "nft", "flush", "ruleset"],
+                        capture_output=True,
+                    )
+                if round_:
+                    results[name].append(speed)
+    direct = statistics.median(results["direct (routed through the balancer host)"])
+    lines = [
+        f"Bulk download of a {args.size_mib} MiB file across network namespaces (client, balancer,"
+        f" backend on veth links and a bridge; gateway {GATEWAY}), {args.rounds} interleaved"
+        " rounds, median MiB/s (curl to /dev/null).",
+        "",
+        "| path | MiB/s (median) | min | max | ratio to direct |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, values in results.items():
+        med = statistics.median(values)
+        low, high = min(values), max(values)
+        lines.append(f"| {name} | {med:,.0f} | {low:,.0f} | {high:,.0f} | {med / direct:.2f} |")
+    lines += ["", f"Machine: {machine()}."]
+    table = "\n".join(lines)
+    print(table)
+    if args.write_docs:
+        write_block("bench/netns.py", table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
