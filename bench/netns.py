@@ -11,7 +11,6 @@ rendered config, control only) with the rendered nftables rules.
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from tests.netns.topology import (  # noqa: E402
     topology,
 )
 
-from bench.transfer import machine, make_file, write_block  # noqa: E402
+from bench.transfer import make_file, report  # noqa: E402
 
 MIB = 1024 * 1024
 FIRST, LAST = 30000, 30049
@@ -198,24 +197,12 @@ def main() -> int:
                     )
                 if round_:
                     results[name].append(speed)
-    direct = statistics.median(results["direct (routed through the balancer host)"])
-    lines = [
-        f"Bulk download of a {args.size_mib} MiB file across network namespaces (client, balancer,"
-        f" backend on veth links and a bridge; gateway {GATEWAY}), {args.rounds} interleaved"
-        " rounds, median MiB/s (curl to /dev/null).",
-        "",
-        "| path | MiB/s (median) | min | max | ratio to direct |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, values in results.items():
-        med = statistics.median(values)
-        low, high = min(values), max(values)
-        lines.append(f"| {name} | {med:,.0f} | {low:,.0f} | {high:,.0f} | {med / direct:.2f} |")
-    lines += ["", f"Machine: {machine()}."]
-    table = "\n".join(lines)
-    print(table)
-    if args.write_docs:
-        write_block("bench/netns.py", table)
+    title = (
+        f"Bulk download of a {args.size_mib} MiB file across network namespaces (client,"
+        f" balancer, backend on veth links and a bridge; gateway {GATEWAY}),"
+        f" {args.rounds} interleaved rounds, median MiB/s (curl to /dev/null)."
+    )
+    report(title, results, "bench/netns.py" if args.write_docs else "")
     return 0
 
 

@@ -30,6 +30,14 @@ BALANCER_HOST = "127.0.0.1"
 BACKEND_HOSTS = ["127.0.1.1", "127.0.1.2", "127.0.1.3"]
 USER, PASSWORD = "alice", "secret"
 
+# lftp honouring PASV addresses and failing fast instead of retrying quietly.
+LFTP_SETTINGS = [
+    "set ftp:ignore-pasv-address false",
+    "set ftp:prefer-epsv false",
+    "set net:max-retries 1",
+    "set net:timeout 10",
+]
+
 _next_port = 20000 + (os.getpid() % 40) * 100
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import BALANCER_HOST, Cluster, sha256
+from tests.cluster import BALANCER_HOST, LFTP_SETTINGS, Cluster, sha256
 from tests.conftest import need
 from tests.servers import KINDS, add_server
 
@@ -99,10 +99,7 @@ def test_lftp_get_put_mirror(inspect: tuple[Cluster, str, str], tmp_path: Path) 
     out.mkdir()
     script = "; ".join(
         [
-            "set ftp:ignore-pasv-address false",
-            "set ftp:prefer-epsv false",
-            "set net:max-retries 1",
-            "set net:timeout 10",
+            *LFTP_SETTINGS,
             "set net:socket-bind-ipv4 127.0.0.12",
             f"lcd {out}",
             "get data.bin",

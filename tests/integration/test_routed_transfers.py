@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster, sha256, wait_for
+from tests.cluster import LFTP_SETTINGS, Cluster, sha256, wait_for
 from tests.conftest import need
 
 DATA = os.urandom(3 * 1024 * 1024 + 17)
@@ -81,10 +81,7 @@ def test_lftp_get_put_mirror(three: Cluster, tmp_path: Path) -> None:
     out.mkdir()
     script = "; ".join(
         [
-            "set ftp:ignore-pasv-address false",
-            "set ftp:prefer-epsv false",
-            "set net:max-retries 1",
-            "set net:timeout 10",
+            *LFTP_SETTINGS,
             "set net:socket-bind-ipv4 127.0.0.13",
             f"lcd {out}",
             "get data.bin",

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster import LFTP_SETTINGS
 from tests.conftest import need
 from tests.netns.topology import (
     BACKENDS,
@@ -266,10 +267,7 @@ def test_curl_and_lftp_from_the_client(net: Topology, variant: str) -> None:
         )
         assert done.returncode == 0, done.stderr.decode()
         assert hashlib.sha256(done.stdout).hexdigest() == hashlib.sha256(DATA).hexdigest()
-    script = (
-        "set ftp:ignore-pasv-address false; set ftp:prefer-epsv false; set net:max-retries 1; "
-        "set net:timeout 10; cat data.bin; bye"
-    )
+    script = "; ".join([*LFTP_SETTINGS, "cat data.bin", "bye"])
     done = subprocess.run(
         [
             "ip",

@@ -13,11 +13,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.cluster import Process
 
 PUBLIC = "198.18.0.2"
 CLIENT = "198.18.0.10"
@@ -47,30 +48,10 @@ def sh(*argv: str, input: str | None = None) -> str:
 
 
 @dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.popen.pid, sig)
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
-
-
-@dataclass
 class Topology:
     workdir: Path
     prefix: str = field(default_factory=lambda: f"ftplb{os.getpid() % 10000}")
-    procs: list[Proc] = field(default_factory=list)
+    procs: list[Process] = field(default_factory=list)
 
     @property
     def client(self) -> str:
@@ -149,7 +130,7 @@ class Topology:
     def exec(self, ns: str, *argv: str, input: str | None = None) -> str:
         return sh("ip", "netns", "exec", ns, *argv, input=input)
 
-    def spawn(self, ns: str, name: str, argv: list[str]) -> Proc:
+    def spawn(self, ns: str, name: str, argv: list[str]) -> Process:
         log_path = self.workdir / f"{name}.log"
         with open(log_path, "wb") as log:
             popen = subprocess.Popen(
@@ -158,7 +139,7 @@ class Topology:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        proc = Proc(name, popen, log_path)
+        proc = Process(name, popen, log_path)
         self.procs.append(proc)
         return proc
 

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from ftplb.balancer.guard import LoginGuard
 from ftplb.balancer.pool import Backend, Pool
-from ftplb.config import Config
+from ftplb.config import Config, HostPort
 from ftplb.io.data import DataChannel, DataPorts
 from ftplb.io.relay import HIGH_WATER, LOW_WATER, client_addresses, enable_keepalive
 from ftplb.proto import proxy_protocol
@@ -209,7 +209,7 @@ class ControlSession:
 
     def who(self) -> str:
         user = self.core.user if self.core is not None and self.core.user else "-"
-        return f"client={_fmt(self.client_addr)} user={user}"
+        return f"client={HostPort(*self.client_addr)} user={user}"
 
     def _source_host(self) -> str:
         """Active-mode connections leave from where the client reached us."""
@@ -513,11 +513,6 @@ class InspectBalancer:
                 if session.backend_side is not None:
                     session.backend.bytes_out += session.backend_side.bytes_read
         log.info("%s", session.log_line())
-
-
-def _fmt(addr: tuple[str, int]) -> str:
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _family(host: str) -> int:

@@ -123,8 +123,7 @@ class Session:
     def log_line(self) -> str:
         loop = asyncio.get_running_loop()
         duration = loop.time() - self.started
-        host, port = self.client_addr
-        client = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        client = HostPort(*self.client_addr)
         backend = self.backend.name if self.backend else "-"
         extra = f" port={self.local_addr[1]}" if self.kind == "data" else ""
         return (
