@@ -1,4 +1,5 @@
-"""Bulk download: direct from a backend vs through ftplb, routed and inspect mode.
+"""Bulk download: direct from a backend, through ftplb (routed and inspect mode)
+and through HAProxy running `ftplb render haproxy`'s config (default and tuned).
 
     .venv/bin/python bench/transfer.py [--size-mib 512] [--rounds 5] [--write-docs]
 
@@ -27,6 +28,7 @@ from tests.cluster import (  # noqa: E402
     BALANCER_HOST,
     PASSWORD,
     USER,
+    Cluster,
     cluster_at,
     free_ports,
     wait_for,
@@ -64,6 +66,36 @@ def timed_download(url: str, size: int) -> float:
     started = time.perf_counter()
     download(url, size)
     return size / MIB / (time.perf_counter() - started)
+
+
+def start_haproxy(c: Cluster, tmp: Path, host: str, tuning: str) -> str:
+    """HAProxy with `ftplb render haproxy`'s config on `host` (its own passive
+    listeners there: curl connects to the control address, whatever PASV says)."""
+    port = free_ports(1, host)
+    toml = tmp / f"haproxy-{host}.toml"
+    toml.write_text(
+        c.config_text(
+            send_proxy="off", listen=f"{host}:{port}", data_listen=host, public_address=host
+        )
+    )
+    text = subprocess.run(
+        [sys.executable, "-m", "ftplb", "render", "haproxy", "-c", str(toml)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    text = text.replace("global\n", "global\n" + tuning, 1)
+    cfg = tmp / f"haproxy-{host}.cfg"
+    cfg.write_text(text)
+    c.spawn(f"haproxy-{host}", ["haproxy", "-db", "-f", str(cfg)])
+    url = f"ftp://{USER}:{PASSWORD}@{host}:{port}/big.bin"
+
+    def up() -> bool:
+        probe = ["curl", "-sS", "--max-time", "2", "-o", "/dev/null", url.replace("big.bin", "")]
+        return subprocess.run(probe, capture_output=True).returncode == 0
+
+    wait_for(up, what=f"HAProxy on {host}")
+    return url
 
 
 def machine() -> str:
@@ -110,6 +142,12 @@ def main() -> int:
             "inspect", [sys.executable, "-m", "ftplb", "run", "-c", str(inspect_config)]
         )
         wait_for(lambda: "ready:" in inspect.log(), what="the inspect-mode balancer")
+        haproxy_urls = {}
+        for label, host, tuning in (
+            ("HAProxy 2.6 tcp, classic design (rendered)", "127.0.0.2", ""),
+            ("HAProxy, tune.bufsize 262144", "127.0.0.3", "    tune.bufsize 262144\n"),
+        ):
+            haproxy_urls[label] = start_haproxy(c, Path(tmp), host, tuning)
         rows = {
             "direct (curl <- backend)": f"ftp://{USER}:{PASSWORD}@{backend.address}/big.bin",
             "ftplb routed (curl <- ftplb <- backend)": (
@@ -118,6 +156,7 @@ def main() -> int:
             "ftplb inspect (curl <- ftplb <- backend)": (
                 f"ftp://{USER}:{PASSWORD}@{BALANCER_HOST}:{inspect_port}/big.bin"
             ),
+            **haproxy_urls,
         }
         for url in rows.values():  # warm the page cache and both paths
             timed_download(url, size)
