@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -11,8 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import BALANCER_HOST, PASSWORD, USER, Cluster, sha256, wait_for
+from tests.cluster import (
+    BACKEND_HOSTS,
+    BALANCER_HOST,
+    PASSWORD,
+    USER,
+    Cluster,
+    free_ports,
+    greeting,
+    sha256,
+    wait_for,
+)
 from tests.conftest import need
+from tests.servers import unpacked
 
 DATA = os.urandom(1024 * 1024 + 9)
 
@@ -85,3 +98,62 @@ def test_rendered_haproxy_balances_ftp(cluster: Cluster, version: str, tmp_path:
     # give them a few more rounds (interval 0.5 s, fall 2) to fail if they would.
     time.sleep(2.0)
     assert "is DOWN" not in proc.log(), proc.log()
+
+
+def test_rendered_backend_command_lines_run(cluster: Cluster) -> None:
+    """pure-ftpd and `ftplb backend` have no config checker: run what render printed."""
+    port, first = free_ports(1, BACKEND_HOSTS[0]), free_ports(10)
+    config = cluster.workdir / "one.toml"
+    config.write_text(
+        "[balancer]\n"
+        f'listen = "{BALANCER_HOST}:{free_ports(1)}"\n'
+        "[[backends]]\n"
+        'name = "one"\n'
+        f'address = "{BACKEND_HOSTS[0]}:{port}"\n'
+        f'passive_ports = "{first}-{first + 9}"\n'
+    )
+
+    def rendered(kind: str) -> list[str]:
+        text = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ftplb",
+                "render",
+                kind,
+                "-c",
+                str(config),
+                "--root",
+                str(cluster.workdir),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        command = " ".join(
+            x for x in text.replace("\\\n", " ").splitlines() if not x.startswith("#")
+        )
+        return shlex.split(command)
+
+    pure = rendered("pure-ftpd")
+    assert pure[:3] == ["pure-ftpd", "-S", f"{BACKEND_HOSTS[0]},{port}"]
+    proc = cluster.spawn("pure", [unpacked("/usr/sbin/pure-ftpd"), *pure[1:], "-E", "-H"])
+    wait_for(lambda: _greets(BACKEND_HOSTS[0], port), what="pure-ftpd")
+    assert greeting(BACKEND_HOSTS[0], port).startswith("220")
+    proc.stop()
+
+    line = rendered("ftplb-backend")
+    assert line[:2] == ["ftplb", "backend"]
+    line = [x if x != "NAME:PASSWORD" else "u:p" for x in line]
+    proc = cluster.spawn("fb", [sys.executable, "-m", "ftplb", *line[1:]])
+    wait_for(lambda: "serving " in proc.log(), what="ftplb backend")
+    assert greeting(BACKEND_HOSTS[0], port).startswith("220 ")
+    proc.stop()
+
+
+def _greets(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), 0.5):
+            return True
+    except OSError:
+        return False
