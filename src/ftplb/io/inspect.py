@@ -212,14 +212,12 @@ class ControlSession:
         return f"client={HostPort(*self.client_addr)} user={user}"
 
     def _source_host(self) -> str:
-        """Active-mode connections leave from where the client reached us."""
+        """Where our data listeners bind and active-mode connections leave from:
+        data_listen when it fits the client's family, else where the client reached us."""
         data_listen = self.balancer.config.balancer.data_listen
         if data_listen and _family(data_listen) == _family(self.client_addr[0]):
             return data_listen
         return self.local_addr[0]
-
-    def _listen_host(self) -> str:
-        return self._source_host()
 
     # -- backend control connection
 
@@ -303,7 +301,7 @@ class ControlSession:
         async def go() -> None:
             try:
                 port = await channel.listen(
-                    self._listen_host(), self.balancer.ports, client_ip, backend, b.data_timeout
+                    self._source_host(), self.balancer.ports, client_ip, backend, b.data_timeout
                 )
             except OSError as exc:
                 log.warning("%s: cannot open a data port: %s", self.who(), exc)
