@@ -23,6 +23,19 @@ LOW_WATER = 64 * 1024
 class Endpoint(asyncio.Protocol):
     """One socket of a relay."""
 
+    # Thousands of idle sessions: no per-instance dict.
+    __slots__ = (
+        "_paused_peer",
+        "bytes_read",
+        "closed",
+        "early",
+        "eof",
+        "peer",
+        "relay",
+        "side",
+        "transport",
+    )
+
     def __init__(self, relay: Relay, side: int) -> None:
         self.relay = relay
         self.side = side  # 0: the client, 1: the backend
@@ -104,6 +117,17 @@ class Relay:
     `on_client()` runs when the client socket is accepted, `on_close(relay)`
     once, when both sockets are gone.
     """
+
+    __slots__ = (
+        "_done",
+        "_on_close",
+        "_track_activity",
+        "backend",
+        "client",
+        "end_reason",
+        "last_activity",
+        "on_client",
+    )
 
     def __init__(
         self, on_close: Callable[[Relay], None], on_client: Callable[[], None] | None = None

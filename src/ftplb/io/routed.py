@@ -29,6 +29,19 @@ TOO_MANY_REPLY = b"421 Too many sessions, try again later\r\n"
 class Session:
     """One relayed connection (control or data) and what the log line needs."""
 
+    __slots__ = (
+        "_connect_task",
+        "backend",
+        "balancer",
+        "client_addr",
+        "counted",
+        "kind",
+        "local_addr",
+        "relay",
+        "started",
+        "tried",
+    )
+
     def __init__(self, balancer: RoutedBalancer, kind: str, backend: Backend | None) -> None:
         self.balancer = balancer
         self.kind = kind  # "control" or "data"
@@ -38,9 +51,8 @@ class Session:
         self.local_addr: tuple[str, int] = ("", 0)
         self.started = 0.0
         self.counted = False
-        self.tried: set[str] = set()
+        self.tried: tuple[str, ...] = ()
         self._connect_task: asyncio.Task[None] | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
 
     # -- the client's side
 
@@ -61,7 +73,14 @@ class Session:
 
     def connect(self, backend: Backend, port: int, preamble: bytes) -> None:
         self.backend = backend
-        self._connect_task = asyncio.create_task(self._connect(backend, port, preamble))
+        task = asyncio.create_task(self._connect(backend, port, preamble))
+        self._connect_task = task
+        # A finished task keeps its coroutine's frame: drop it (idle sessions are many).
+        task.add_done_callback(self._connected)
+
+    def _connected(self, task: asyncio.Task[None]) -> None:
+        if self._connect_task is task:
+            self._connect_task = None
 
     async def _connect(self, backend: Backend, port: int, preamble: bytes) -> None:
         loop = asyncio.get_running_loop()
@@ -96,26 +115,12 @@ class Session:
 
     # -- idle timeout (control sessions)
 
-    def start_idle_timer(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        self.relay.track_activity(loop.time())
-        self._idle_timer = loop.call_later(timeout, self._idle_check, timeout)
-
-    def _idle_check(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        idle = loop.time() - self.relay.last_activity
-        if idle >= timeout and not self.balancer.has_data_connection(self):
-            self.relay.close("idle timeout")
-            return
-        # Re-arm for the rest of the period (a whole one while data flows).
-        remaining = timeout - idle if idle < timeout else timeout
-        self._idle_timer = loop.call_later(remaining, self._idle_check, timeout)
+    def start_idle_clock(self) -> None:
+        self.relay.track_activity(asyncio.get_running_loop().time())
 
     # -- the end
 
     def _closed(self, relay: Relay) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
         self.balancer.session_closed(self)
@@ -141,6 +146,7 @@ class RoutedBalancer:
         self.pool = pool
         self.control_server: asyncio.Server | None = None
         self.data_servers: dict[str, list[asyncio.Server]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
         self.control_sessions = 0
         self.sessions_total = 0
         self.rejected: Counter[str] = Counter()
@@ -166,6 +172,7 @@ class RoutedBalancer:
         for backend in self.pool.backends:
             await self.open_data_listeners(backend)
         ports = sum(len(v) for v in self.data_servers.values())
+        self._sweep_idle()
         log.info(
             "routed mode: control on %s, %d data ports on %s",
             listen,
@@ -209,6 +216,24 @@ class RoutedBalancer:
 
         return factory
 
+    def _sweep_idle(self) -> None:
+        """Close idle control sessions. One timer for all of them (a timer per
+        session would cost memory on every idle connection); it runs four
+        times per idle_timeout, at most every 5 s, so a session ends between
+        1 and 1.25 idle_timeouts after its last byte."""
+        loop = asyncio.get_running_loop()
+        timeout = self.config.balancer.idle_timeout
+        now = loop.time()
+        for session in list(self._sessions):
+            if (
+                session.kind == "control"
+                and session.counted
+                and now - session.relay.last_activity >= timeout
+                and not self.has_data_connection(session)
+            ):
+                session.relay.close("idle timeout")
+        self._sweeper = loop.call_later(min(timeout / 4, 5.0), self._sweep_idle)
+
     def stop_accepting(self) -> None:
         """No new sessions; data listeners stay for the sessions in progress."""
         if self.control_server is not None:
@@ -216,6 +241,8 @@ class RoutedBalancer:
             self.control_server = None
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         self.stop_accepting()
         for name in list(self.data_servers):
             for server in self.data_servers.pop(name):
@@ -285,11 +312,11 @@ class RoutedBalancer:
         enable_keepalive(session.relay.client.transport)  # type: ignore[arg-type]
         header = self.control_preamble(session, backend)
         session.connect(backend, backend.config.address.port, header)
-        session.start_idle_timer(self.config.balancer.idle_timeout)
+        session.start_idle_clock()
 
     def _assign(self, session: Session, backend: Backend) -> None:
         session.backend = backend
-        session.tried.add(backend.name)
+        session.tried += (backend.name,)
         backend.sessions += 1
         backend.sessions_total += 1
 

@@ -1,0 +1,250 @@
+"""Connection-heavy figures: sessions per second, and memory per idle session.
+
+    .venv/bin/python bench/sessions.py [--seconds 4] [--idle 10000] [--write-docs]
+
+Sessions per second: each of 1, 16 or 64 concurrent clients loops over
+connect, USER/PASS, LIST of a small directory, QUIT, for a fixed time; rows
+for a backend reached directly, through ftplb routed mode and through HAProxy
+running `ftplb render haproxy`'s config, interleaved. Backends: three
+`ftplb backend`s (pyftpdlib); the direct row shows what they manage alone.
+
+Idle sessions: N control connections held open through ftplb and through
+HAProxy to a minimal greeter (so that no FTP server limits N); RSS growth of
+the balancer process divided by N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.cluster import (  # noqa: E402
+    BALANCER_HOST,
+    PASSWORD,
+    USER,
+    Cluster,
+    cluster_at,
+    free_ports,
+    wait_for,
+)
+
+from bench.transfer import machine, start_haproxy, write_block  # noqa: E402
+
+
+async def one_session(host: str, port: int) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+
+        async def reply() -> bytes:
+            line = await reader.readline()
+            while line[3:4] == b"-":
+                line = await reader.readline()
+            if not line[:1].isdigit():
+                raise ConnectionError(f"bad reply {line!r}")
+            return line
+
+        await reply()
+        writer.write(f"USER {USER}\r\n".encode())
+        await reply()
+        writer.write(f"PASS {PASSWORD}\r\n".encode())
+        if not (await reply()).startswith(b"230"):
+            raise ConnectionError("login failed")
+        writer.write(b"EPSV\r\n")
+        line = await reply()
+        data_port = int(line.split(b"|")[3])
+        data_reader, data_writer = await asyncio.open_connection(host, data_port)
+        writer.write(b"LIST\r\n")
+        await reply()  # 150
+        while await data_reader.read(65536):
+            pass
+        data_writer.close()
+        await reply()  # 226
+        writer.write(b"QUIT\r\n")
+        await reply()
+    finally:
+        writer.close()
+
+
+async def rate(host: str, port: int, clients: int, seconds: float) -> float:
+    done = 0
+    deadline = time.monotonic() + seconds
+
+    async def client() -> None:
+        nonlocal done
+        while time.monotonic() < deadline:
+            await one_session(host, port)
+            done += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return done / (time.monotonic() - started)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+GREETER = """
+import asyncio, sys
+async def main():
+    async def greet(reader, writer):
+        writer.write(b"220 idle\\r\\n")
+        await reader.read()
+        writer.close()
+    server = await asyncio.start_server(greet, sys.argv[1], int(sys.argv[2]), backlog=4096)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+async def hold(host: str, port: int, count: int) -> list[asyncio.StreamWriter]:
+    writers = []
+    for i in range(0, count, 500):
+        batch = await asyncio.gather(
+            *(asyncio.open_connection(host, port) for _ in range(min(500, count - i)))
+        )
+        for reader, writer in batch:
+            await reader.readline()
+            writers.append(writer)
+    return writers
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--idle", type=int, default=10000)
+    parser.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # Each idle session costs this process one fd, the balancer two.
+    idle = min(args.idle, (hard - 400) // 2)
+
+    with tempfile.TemporaryDirectory(prefix="ftplb-sessions-") as tmp, cluster_at(Path(tmp)) as c:
+        for _ in range(3):
+            b = c.add_backend(proxy_protocol=False, passive_size=200)
+            for n in range(5):
+                (b.root / f"f{n}.txt").write_text("x" * 100)
+        c.start_balancer(send_proxy="off", balance="leastconn")
+        haproxy_url = start_haproxy(c, Path(tmp), "127.0.0.2", "")
+        haproxy_port = int(haproxy_url.rsplit(":", 1)[1].split("/")[0])
+        targets = {
+            "direct (one backend)": (c.backends[0].host, c.backends[0].port),
+            "ftplb routed": (BALANCER_HOST, c.balancer_port),
+            "HAProxy (rendered)": ("127.0.0.2", haproxy_port),
+        }
+        rates: dict[tuple[str, int], list[float]] = {}
+        for _ in range(args.rounds):
+            for clients in (1, 16, 64):
+                for name, (host, port) in targets.items():
+                    value = asyncio.run(rate(host, port, clients, args.seconds))
+                    rates.setdefault((name, clients), []).append(value)
+        idle_rows = idle_rss(c, Path(tmp), idle)
+
+    lines = [
+        f"Sessions per second (connect, login, EPSV + LIST of 5 files, QUIT), {args.seconds:g} s"
+        f" per cell, {args.rounds} interleaved rounds, median. Client, balancer and three"
+        " pyftpdlib backends share the machine.",
+        "",
+        "| path | 1 client | 16 clients | 64 clients |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in targets:
+        cells = [f"{statistics.median(rates[(name, n)]):,.0f}" for n in (1, 16, 64)]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    lines += [
+        "",
+        f"Idle control sessions held open: {idle:,} (file limit {hard:,}; each costs the"
+        " balancer two descriptors), to a minimal greeter backend.",
+        "",
+        "| balancer | RSS growth | per session |",
+        "|---|---:|---:|",
+        *idle_rows,
+        "",
+        f"Machine: {machine()}.",
+    ]
+    table = "\n".join(lines)
+    print(table)
+    if args.write_docs:
+        write_block("bench/sessions.py", table)
+    return 0
+
+
+def idle_rss(c: Cluster, tmp: Path, count: int) -> list[str]:
+    host = "127.0.1.3"
+    port = free_ports(1, host)
+    c.spawn("greeter", [sys.executable, "-c", GREETER, host, str(port)])
+    wait_for(lambda: _connects(host, port), what="the greeter")
+    rows = []
+    ftplb_port = free_ports(1)
+    config = tmp / "idle.toml"
+    config.write_text(
+        "[balancer]\n"
+        f'listen = "{BALANCER_HOST}:{ftplb_port}"\n'
+        "max_sessions = 100000\n"
+        '[health]\ncheck = "tcp"\n'
+        "[[backends]]\n"
+        'name = "greeter"\n'
+        f'address = "{host}:{port}"\n'
+        f'passive_ports = "{free_ports(1)}"\n'
+    )
+    lb = c.spawn("idle-ftplb", [sys.executable, "-m", "ftplb", "run", "-c", str(config)])
+    wait_for(lambda: "ready:" in lb.log(), what="ftplb")
+    haproxy_cfg = tmp / "idle-haproxy.cfg"
+    haproxy_port = free_ports(1, "127.0.0.2")
+    haproxy_cfg.write_text(
+        f"global\n    maxconn {count + 100}\ndefaults\n    mode tcp\n    timeout connect 5s\n"
+        "    timeout client 600s\n    timeout server 600s\n"
+        f"listen idle\n    bind 127.0.0.2:{haproxy_port}\n    maxconn {count + 100}\n"
+        f"    server greeter {host}:{port}\n"
+    )
+    ha = c.spawn("idle-haproxy", ["haproxy", "-db", "-f", str(haproxy_cfg)])
+    wait_for(lambda: _connects("127.0.0.2", haproxy_port), what="haproxy")
+    for name, proc, target in (
+        ("ftplb routed (uvloop)", lb, (BALANCER_HOST, ftplb_port)),
+        ("HAProxy 2.6", ha, ("127.0.0.2", haproxy_port)),
+    ):
+        before = rss_kib(proc.popen.pid)
+
+        async def measure(target: tuple[str, int] = target, pid: int = proc.popen.pid) -> int:
+            writers = await hold(target[0], target[1], count)
+            await asyncio.sleep(1.0)
+            after = rss_kib(pid)
+            for w in writers:
+                w.close()
+            await asyncio.sleep(0.5)
+            return after
+
+        after = asyncio.run(measure())
+        grown = after - before
+        rows.append(f"| {name} | {grown / 1024:,.1f} MiB | {grown / count:.2f} KiB |")
+    return rows
+
+
+def _connects(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), 0.5):
+            return True
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())
