@@ -235,7 +235,9 @@ class Cluster:
         self.backends.append(b)
         return b
 
-    def add_vsftpd(self, *, passive_size: int = 20, unmodified: bool = False) -> Backend:
+    def add_vsftpd(
+        self, *, passive_size: int = 20, unmodified: bool = False, extra: tuple[str, ...] = ()
+    ) -> Backend:
         """Debian's vsftpd: a routed-mode backend (pasv_address + its own range),
         or with `unmodified` as installed (its own address, any passive port)."""
         vsftpd = shutil.which("vsftpd") or "/usr/sbin/vsftpd"
@@ -288,6 +290,7 @@ class Cluster:
                     "xferlog_enable=YES",
                     f"vsftpd_log_file={self.workdir / (name + '.xfer.log')}",
                     f"ftpd_banner=backend {name} ready",
+                    *extra,
                     "",
                 ]
             )

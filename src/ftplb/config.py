@@ -6,6 +6,7 @@ reason, and unknown keys are rejected so that a typo never passes silently.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import tomllib
@@ -167,6 +168,9 @@ class BackendConfig:
     """Routed mode: PROXY header on forwarded data connections."""
     weight: int = 1
     """Relative share of new sessions (0: none)."""
+    implicit_address: HostPort | None = None
+    """Routed mode with [tls] implicit_listen: the backend's implicit-FTPS
+    address (default: its host, port 990)."""
 
 
 @dataclass(frozen=True)
@@ -322,6 +326,14 @@ def parse_config(data: dict[str, Any], file: str = "<config>") -> Config:
     tls = _parse_tls(_Table(file, "tls", top.get("tls", dict, {})))
     admin = _parse_admin(_Table(file, "admin", top.get("admin", dict, {})))
     backends = _parse_backends(file, top.get("backends", list, []), balancer)
+    if tls.implicit_listen is not None and balancer.mode == "routed":
+        # Implicit FTPS is relayed like the explicit kind, to each backend's own port.
+        backends = tuple(
+            b
+            if b.implicit_address is not None
+            else dataclasses.replace(b, implicit_address=HostPort(b.address.host, 990))
+            for b in backends
+        )
     users = _parse_users(_Table(file, "users", top.get("users", dict, {})), backends, balancer)
     log = _parse_log(_Table(file, "log", top.get("log", dict, {})))
     top.finish()
@@ -460,6 +472,9 @@ def _parse_backends(
             else None,
             send_proxy_data=t.get("send_proxy_data", bool, False),
             weight=t.number("weight", 1, low=0, high=256, integer=True),
+            implicit_address=t.parsed(
+                "implicit_address", lambda s: parse_host_port(s, allow_hostname=True), None
+            ),
         )
         t.finish()
         for j, other in enumerate(backends):

@@ -35,6 +35,7 @@ class Session:
         "balancer",
         "client_addr",
         "counted",
+        "implicit",
         "kind",
         "local_addr",
         "relay",
@@ -52,6 +53,7 @@ class Session:
         self.started = 0.0
         self.counted = False
         self.tried: tuple[str, ...] = ()
+        self.implicit = False
         self._connect_task: asyncio.Task[None] | None = None
 
     # -- the client's side
@@ -71,6 +73,15 @@ class Session:
         transport.write(reply)
         self.relay.backend_failed(reason)
 
+    def target(self, backend: Backend, port: int) -> tuple[str, int]:
+        """Where to connect: a data session to `port` on the backend's host, a
+        control session to its control (or implicit-FTPS) address."""
+        if self.kind == "data":
+            return backend.config.address.host, port
+        address = backend.config.implicit_address if self.implicit else None
+        address = address or backend.config.address
+        return address.host, address.port
+
     def connect(self, backend: Backend, port: int, preamble: bytes) -> None:
         self.backend = backend
         task = asyncio.create_task(self._connect(backend, port, preamble))
@@ -89,7 +100,7 @@ class Session:
             try:
                 async with asyncio.timeout(timeout):
                     await loop.create_connection(
-                        lambda: self.relay.backend, backend.config.address.host, port
+                        lambda: self.relay.backend, *self.target(backend, port)
                     )
                 break
             except (OSError, TimeoutError) as exc:
@@ -104,7 +115,7 @@ class Session:
             if other is None or self.relay.client.closed:
                 self.refuse(NO_BACKEND_REPLY, reason)
                 return
-            backend, port = other, other.config.address.port
+            backend, port = other, 0
             preamble = self.balancer.control_preamble(self, other)
         if self.relay.client.closed:
             self.relay.close("client closed")
@@ -145,6 +156,7 @@ class RoutedBalancer:
         self.config = config
         self.pool = pool
         self.control_server: asyncio.Server | None = None
+        self.implicit_server: asyncio.Server | None = None
         self.data_servers: dict[str, list[asyncio.Server]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self.control_sessions = 0
@@ -169,6 +181,11 @@ class RoutedBalancer:
             if self.kernel:
                 await kernel.remove()
             raise
+        implicit = self.config.tls.implicit_listen
+        if implicit is not None:
+            # Implicit FTPS (port 990): the same opaque relay, to each backend's implicit port.
+            self.implicit_server = await self._listen(loop, implicit, self._implicit_factory)
+            log.info("routed mode: implicit FTPS on %s", implicit)
         for backend in self.pool.backends:
             await self.open_data_listeners(backend)
         ports = sum(len(v) for v in self.data_servers.values())
@@ -208,6 +225,12 @@ class RoutedBalancer:
         self._sessions.add(session)
         return session.relay.client
 
+    def _implicit_factory(self) -> Any:
+        session = Session(self, "control", None)
+        session.implicit = True
+        self._sessions.add(session)
+        return session.relay.client
+
     def _data_factory(self, backend: Backend, port: int) -> Any:
         def factory() -> Any:
             session = Session(self, "data", backend)
@@ -236,9 +259,10 @@ class RoutedBalancer:
 
     def stop_accepting(self) -> None:
         """No new sessions; data listeners stay for the sessions in progress."""
-        if self.control_server is not None:
-            self.control_server.close()
-            self.control_server = None
+        for server in (self.control_server, self.implicit_server):
+            if server is not None:
+                server.close()
+        self.control_server = self.implicit_server = None
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -311,7 +335,7 @@ class RoutedBalancer:
         self._assign(session, backend)
         enable_keepalive(session.relay.client.transport)  # type: ignore[arg-type]
         header = self.control_preamble(session, backend)
-        session.connect(backend, backend.config.address.port, header)
+        session.connect(backend, 0, header)
         session.start_idle_clock()
 
     def _assign(self, session: Session, backend: Backend) -> None:

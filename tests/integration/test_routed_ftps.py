@@ -1,0 +1,161 @@
+"""FTPS through routed mode: nothing decrypted, explicit (AUTH TLS) and implicit.
+
+Debian's vsftpd with ssl_enable and require_ssl_reuse=YES (its default): a data
+connection must resume the control connection's TLS session, which only
+works if the balancer passes both through untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import BALANCER_HOST, Backend, Cluster, free_ports, sha256, wait_for
+from tests.conftest import need
+
+DATA = os.urandom(1024 * 1024 + 3)
+
+
+def make_cert(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            need("openssl"),
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=ftplb-test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        capture_output=True,
+        check=True,
+    )
+    return cert, key
+
+
+def tls_vsftpd(cluster: Cluster, cert: Path, key: Path, implicit: bool) -> Backend:
+    b = cluster.add_vsftpd(
+        extra=(
+            "ssl_enable=YES",
+            f"rsa_cert_file={cert}",
+            f"rsa_private_key_file={key}",
+            "allow_anon_ssl=YES",
+            "force_anon_logins_ssl=YES",
+            "force_anon_data_ssl=YES",
+            "require_ssl_reuse=YES",
+            "ssl_ciphers=HIGH",
+            *(["implicit_ssl=YES"] if implicit else []),
+        )
+    )
+    (b.root / "data.bin").write_bytes(DATA)
+    incoming = b.root / "incoming"
+    incoming.mkdir()
+    incoming.chmod(0o777)
+    return b
+
+
+@pytest.fixture
+def ftps(cluster: Cluster, tmp_path: Path) -> tuple[Cluster, int]:
+    """Two vsftpd backends, each with an explicit and an implicit instance, behind routed ftplb."""
+    cert, key = make_cert(tmp_path)
+    explicit = [tls_vsftpd(cluster, cert, key, implicit=False) for _ in range(2)]
+    implicit = [tls_vsftpd(cluster, cert, key, implicit=True) for _ in range(2)]
+    # vsftpd serves explicit or implicit FTPS, not both, so each backend is two
+    # instances with a passive range each. The implicit one is the backend's
+    # implicit_address, and also a backend of weight 0 (no sessions of its own)
+    # so that the balancer forwards its passive range.
+    cluster.backends[:] = explicit + implicit
+    implicit_port = free_ports(1)
+    cluster.start_balancer(
+        send_proxy="off",
+        balance="roundrobin",
+        sections={"tls": {"implicit_listen": f"{BALANCER_HOST}:{implicit_port}"}},
+        backend_options={
+            **{
+                e.name: {"implicit_address": i.address}
+                for e, i in zip(explicit, implicit, strict=True)
+            },
+            **{i.name: {"weight": 0} for i in implicit},
+        },
+    )
+    return cluster, implicit_port
+
+
+def curl(*args: str) -> bytes:
+    done = subprocess.run(
+        [need("curl"), "-sS", "--max-time", "30", "--insecure", *args],
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout
+
+
+@pytest.mark.parametrize(
+    "flags", [["--disable-epsv", "--no-ftp-skip-pasv-ip"], []], ids=["pasv", "epsv"]
+)
+def test_explicit_ftps_download_and_upload(
+    ftps: tuple[Cluster, int], flags: list[str], tmp_path: Path
+) -> None:
+    c, _ = ftps
+    url = f"ftp://anonymous:x@{BALANCER_HOST}:{c.balancer_port}/"
+    for _ in range(2):  # both backends (roundrobin)
+        assert sha256(curl("--ssl-reqd", *flags, url + "data.bin")) == sha256(DATA)
+    payload = os.urandom(300_000)
+    (tmp_path / "up.bin").write_bytes(payload)
+    name = f"incoming/up-{len(flags)}.bin"
+    curl("--ssl-reqd", *flags, "-T", str(tmp_path / "up.bin"), url + name)
+    found = [b.root / name for b in c.backends if (b.root / name).exists()]
+    assert len(found) == 1 and found[0].read_bytes() == payload
+
+
+def test_implicit_ftps(ftps: tuple[Cluster, int]) -> None:
+    c, port = ftps
+    url = f"ftps://anonymous:x@{BALANCER_HOST}:{port}/data.bin"
+    for _ in range(2):
+        assert sha256(curl(url)) == sha256(DATA)
+    assert c.balancer is not None
+    wait_for(lambda: c.balancer.log().count("control client=") >= 2, what="session lines")  # type: ignore[union-attr]
+
+
+def test_lftp_ssl_force(ftps: tuple[Cluster, int], tmp_path: Path) -> None:
+    c, _ = ftps
+    out = tmp_path / "out"
+    out.mkdir()
+    script = "; ".join(
+        [
+            "set ftp:ssl-force true",
+            "set ftp:ssl-protect-data true",
+            "set ssl:verify-certificate no",
+            "set net:max-retries 1",
+            "set net:timeout 10",
+            f"lcd {out}",
+            "get data.bin",
+            "bye",
+        ]
+    )
+    done = subprocess.run(
+        [
+            need("lftp"),
+            "-u",
+            "anonymous,x",
+            "-e",
+            script,
+            f"ftp://{BALANCER_HOST}:{c.balancer_port}",
+        ],
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert sha256((out / "data.bin").read_bytes()) == sha256(DATA)
