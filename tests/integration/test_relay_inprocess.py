@@ -98,20 +98,24 @@ def test_data_connection_carries_the_proxy_header_first(loop: str) -> None:
         # backend's range at our recorder by listening there too.
         recorder = await asyncio.start_server(record, "127.0.1.1", passive)
         try:
-            _reader, writer = await asyncio.open_connection(
-                "127.0.0.1", passive, local_addr=("127.0.0.33", 0)
-            )
-            writer.write(b"file body")
-            writer.write_eof()
-            data = await asyncio.wait_for(got.get(), 10)
-            parsed = parse_header(data)
-            assert parsed is not None
-            header, length = parsed
-            assert header.version == 2
-            assert header.source is not None and header.source[0] == "127.0.0.33"
-            assert header.destination == ("127.0.0.1", passive)
-            assert data[length:] == b"file body"
-            writer.close()
+            # Many times: the client's first bytes race the backend connection,
+            # and the header must still come first (it once did not).
+            for n in range(20):
+                _reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", passive, local_addr=("127.0.0.33", 0)
+                )
+                body = b"file body %d" % n
+                writer.write(body)
+                writer.write_eof()
+                data = await asyncio.wait_for(got.get(), 10)
+                parsed = parse_header(data)
+                assert parsed is not None, data[:40]
+                header, length = parsed
+                assert header.version == 2
+                assert header.source is not None and header.source[0] == "127.0.0.33"
+                assert header.destination == ("127.0.0.1", passive)
+                assert data[length:] == body
+                writer.close()
         finally:
             recorder.close()
             await recorder.wait_closed()

@@ -7,13 +7,25 @@ works if the balancer passes both through untouched.
 
 from __future__ import annotations
 
+import ftplib
+import io
 import os
+import ssl
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.cluster import BALANCER_HOST, Backend, Cluster, free_ports, sha256, wait_for
+from tests.cluster import (
+    BALANCER_HOST,
+    PASSWORD,
+    USER,
+    Backend,
+    Cluster,
+    free_ports,
+    sha256,
+    wait_for,
+)
 from tests.conftest import need
 
 DATA = os.urandom(1024 * 1024 + 3)
@@ -94,11 +106,12 @@ def ftps(cluster: Cluster, tmp_path: Path) -> tuple[Cluster, int]:
 
 def curl(*args: str) -> bytes:
     done = subprocess.run(
-        [need("curl"), "-sS", "--max-time", "30", "--insecure", *args],
+        [need("curl"), "-v", "-sS", "--max-time", "30", "--insecure", *args],
         capture_output=True,
         timeout=60,
     )
-    assert done.returncode == 0, done.stderr.decode()
+    said = [x for x in done.stderr.decode(errors="replace").splitlines() if x[:2] in ("< ", "> ")]
+    assert done.returncode == 0, "\n".join(said[-30:]) + done.stderr.decode()[-300:]
     return done.stdout
 
 
@@ -159,3 +172,87 @@ def test_lftp_ssl_force(ftps: tuple[Cluster, int], tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr.decode()
     assert sha256((out / "data.bin").read_bytes()) == sha256(DATA)
+
+
+class ReusingFTP_TLS(ftplib.FTP_TLS):
+    """ftplib does not resume the control session on data connections (CPython
+    issue 63699); this one does, as curl and lftp do."""
+
+    def ntransfercmd(self, cmd, rest=None):  # type: ignore[no-untyped-def]
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(
+                conn, server_hostname=self.host, session=self.sock.session
+            )
+        return conn, size
+
+
+@pytest.fixture
+def tls_backends(cluster: Cluster, tmp_path: Path) -> Cluster:
+    """`ftplb backend`s with FTPS required and the PROXY protocol, behind routed ftplb."""
+    cert, key = make_cert(tmp_path)
+    for _ in range(2):
+        b = cluster.add_backend(
+            extra_args=(f"--tls-cert={cert}", f"--tls-key={key}", "--tls-required")
+        )
+        (b.root / "data.bin").write_bytes(DATA)
+    cluster.start_balancer(
+        send_proxy="v2",
+        balance="roundrobin",
+        backend_options={b.name: {"send_proxy_data": True} for b in cluster.backends},
+    )
+    return cluster
+
+
+def tls_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@pytest.mark.parametrize(
+    "flags", [["--disable-epsv", "--no-ftp-skip-pasv-ip"], []], ids=["pasv", "epsv"]
+)
+def test_ftplb_backend_ftps_with_proxy(
+    tls_backends: Cluster, flags: list[str], tmp_path: Path
+) -> None:
+    c = tls_backends
+    url = f"ftp://{USER}:{PASSWORD}@{BALANCER_HOST}:{c.balancer_port}/"
+    for _ in range(2):
+        body = curl("--ssl-reqd", *flags, "--interface", "127.0.0.61", url + "data.bin")
+        assert sha256(body) == sha256(DATA)
+    payload = os.urandom(200_000)
+    (tmp_path / "up.bin").write_bytes(payload)
+    curl("--ssl-reqd", *flags, "-T", str(tmp_path / "up.bin"), url + "up.bin")
+    found = [b.root / "up.bin" for b in c.backends if (b.root / "up.bin").exists()]
+    assert len(found) == 1 and found[0].read_bytes() == payload
+    for b in c.backends:
+        assert b.process is not None
+        # PROXY v2 before TLS: the backend still knows the client.
+        assert "127.0.0.61:" in b.process.log()
+
+
+def test_data_connection_must_resume_the_session(tls_backends: Cluster) -> None:
+    c = tls_backends
+    for cls, resumes in ((ftplib.FTP_TLS, False), (ReusingFTP_TLS, True)):
+        ftp = cls(context=tls_context(), timeout=10)
+        with ftp:
+            ftp.connect(BALANCER_HOST, c.balancer_port)
+            ftp.login(USER, PASSWORD)
+            ftp.prot_p()
+            buf = io.BytesIO()
+            if resumes:
+                ftp.retrbinary("RETR data.bin", buf.write)
+                assert buf.getvalue() == DATA
+            else:
+                with pytest.raises(ftplib.error_perm, match="522"):
+                    ftp.retrbinary("RETR data.bin", buf.write)
+                assert buf.getvalue() == b""
+
+
+def test_tls_required_refuses_plain_logins(tls_backends: Cluster) -> None:
+    with ftplib.FTP(timeout=10) as ftp:
+        ftp.connect(BALANCER_HOST, tls_backends.balancer_port)
+        with pytest.raises(ftplib.error_perm, match="550 SSL/TLS required"):
+            ftp.login(USER, PASSWORD)

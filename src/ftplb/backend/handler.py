@@ -28,7 +28,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.handlers.ftp.dispatchers import PassiveDTP
@@ -261,3 +261,37 @@ class ProxyProtocolFTPHandler(FTPHandler):  # type: ignore[misc]
         if header.source is not None:
             self.log(f"client address from {_describe(header, peer)}")
         super().handle()
+
+
+def tls_handler_base() -> type[Any]:
+    """pyftpdlib's TLS handler (needs pyOpenSSL), or ImportError saying so."""
+    try:
+        from pyftpdlib.handlers import TLS_FTPHandler
+    except ImportError:  # pragma: no cover - pyOpenSSL is a dependency
+        raise ImportError("FTPS needs pyOpenSSL (pip install pyopenssl)") from None
+    return cast(type[Any], TLS_FTPHandler)
+
+
+def reuse_checking_dtp() -> type[Any]:
+    """A TLS data-connection handler that refuses a TLS session that is not resumed.
+
+    A client that resumes the control connection's session proves it holds
+    that session's secrets: a third party who grabbed the data port cannot.
+    (vsftpd's require_ssl_reuse, AWS Transfer's "enforced" reuse.)
+    """
+    from OpenSSL._util import lib as openssl
+    from pyftpdlib.handlers import TLS_DTPHandler
+
+    class ReuseCheckingDTPHandler(TLS_DTPHandler):  # type: ignore[misc]
+        def handle_ssl_established(self) -> None:
+            if not openssl.SSL_session_reused(self.socket._ssl):
+                self.cmd_channel.respond(
+                    "522 Data connection refused: it must resume the control connection's"
+                    " TLS session."
+                )
+                self.cmd_channel.log("data connection refused: TLS session not reused")
+                self.close()
+                return
+            super().handle_ssl_established()
+
+    return ReuseCheckingDTPHandler

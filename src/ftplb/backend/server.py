@@ -14,7 +14,12 @@ from typing import Any
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.servers import FTPServer
 
-from ftplb.backend.handler import ProxyProtocolFTPHandler, trusted_networks
+from ftplb.backend.handler import (
+    ProxyProtocolFTPHandler,
+    reuse_checking_dtp,
+    tls_handler_base,
+    trusted_networks,
+)
 from ftplb.config import HostPort, PortRange, parse_host_port, parse_ip, parse_port_range
 
 # Full rights: list, read, write, delete, rename, mkdir, chmod, mtime.
@@ -32,6 +37,10 @@ class BackendOptions:
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32",)
     banner: str = "ftplb backend ready."
     login_delay: float = 3.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_required: bool = False
+    tls_session_reuse: bool = True
 
 
 def make_server(opts: BackendOptions) -> FTPServer:
@@ -47,7 +56,24 @@ def make_server(opts: BackendOptions) -> FTPServer:
         "masquerade_address": opts.masquerade or None,
         "auth_failed_timeout": opts.login_delay,
     }
-    handler = type("BackendHandler", (ProxyProtocolFTPHandler,), attrs)
+    bases: tuple[type[Any], ...] = (ProxyProtocolFTPHandler,)
+    if opts.tls_cert:
+        # PROXY header first (plain text), then AUTH TLS as usual.
+        bases = (ProxyProtocolFTPHandler, tls_handler_base())
+        attrs.update(
+            certfile=opts.tls_cert,
+            keyfile=opts.tls_key or opts.tls_cert,
+            tls_control_required=opts.tls_required,
+            tls_data_required=opts.tls_required,
+            ssl_context=None,
+        )
+        if opts.tls_session_reuse:
+            attrs["dtp_handler"] = reuse_checking_dtp()
+    handler: Any = type("BackendHandler", bases, attrs)
+    if opts.tls_cert:
+        context = handler.get_ssl_context()
+        # Resumption needs a session id context (TLS 1.2 cache; 1.3 tickets work anyway).
+        context.set_session_id(b"ftplb-backend")
     server = FTPServer((opts.listen.host, opts.listen.port), handler)
     server.max_cons = 2048
     return server
@@ -79,7 +105,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (FTPS)")
     p.add_argument("--tls-key", metavar="FILE", help="PEM key (FTPS)")
-    p.add_argument("--tls-required", action="store_true", help="refuse plain-text logins")
+    p.add_argument("--tls-required", action="store_true", help="refuse plain-text logins and data")
+    p.add_argument(
+        "--no-tls-session-reuse",
+        action="store_true",
+        help="accept TLS data connections that do not resume the control session",
+    )
     p.add_argument("--banner", default="ftplb backend ready.", help="text of the 220 greeting")
     p.add_argument(
         "--login-delay",
@@ -123,8 +154,11 @@ def options_from_args(args: argparse.Namespace) -> BackendOptions:
         trusted_networks(trusted)
     except ValueError as exc:
         raise UsageError(f"--trusted-proxy: {exc}") from None
-    if args.tls_cert or args.tls_key or args.tls_required:
-        raise UsageError("--tls-cert/--tls-key/--tls-required: FTPS is not available yet")
+    if (args.tls_key or args.tls_required or args.no_tls_session_reuse) and not args.tls_cert:
+        raise UsageError("--tls-key/--tls-required/--no-tls-session-reuse need --tls-cert")
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path and not os.access(path, os.R_OK):
+            raise UsageError(f"{flag}: cannot read {path}")
     return BackendOptions(
         listen=listen,
         root=args.root,
@@ -135,6 +169,10 @@ def options_from_args(args: argparse.Namespace) -> BackendOptions:
         trusted_proxies=trusted,
         banner=args.banner,
         login_delay=args.login_delay,
+        tls_cert=args.tls_cert or "",
+        tls_key=args.tls_key or "",
+        tls_required=args.tls_required,
+        tls_session_reuse=not args.no_tls_session_reuse,
     )
 
 

@@ -59,19 +59,23 @@ class Endpoint(asyncio.Protocol):
         self.bytes_read += len(data)
         self.relay.activity()
         peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.closed:
-            peer.transport.write(data)
-        elif peer is not None and not peer.closed and self.transport is not None:
-            # The other side is still being connected. uvloop may start
-            # reading after connection_made despite our pause: keep this one
-            # chunk and pause again; `Relay.start` sends it first.
+        if peer is None:
+            # Not started: the other side is still being connected, and the
+            # PROXY header must go first. uvloop may read once after
+            # connection_made despite our pause: keep the chunk, pause again;
+            # `Relay.start` sends it after the header.
             self.early.append(data)
-            self.transport.pause_reading()
+            if self.transport is not None:
+                self.transport.pause_reading()
+        elif peer.transport is not None and not peer.closed:
+            peer.transport.write(data)
 
     def eof_received(self) -> bool:
         self.eof = True
         peer = self.peer
         reason = "client closed" if self.side == 0 else "backend closed"
+        if peer is None and not self.relay.stopped:
+            return True  # not started yet: `start` passes the EOF on after the early bytes
         if peer is None or peer.transport is None or peer.closed or peer.eof:
             self.relay.close(reason)
             return False
@@ -134,8 +138,7 @@ class Relay:
     ) -> None:
         self.client = Endpoint(self, 0)
         self.backend = Endpoint(self, 1)
-        self.client.peer = self.backend
-        self.backend.peer = self.client
+        # `peer` links the two for forwarding only once `start` runs.
         self.end_reason = ""
         self._on_close = on_close
         self.on_client = on_client
@@ -157,6 +160,10 @@ class Relay:
             endpoint.close()
 
     @property
+    def stopped(self) -> bool:
+        return self._done
+
+    @property
     def connected(self) -> bool:
         """Both sockets are open."""
         return all(e.transport is not None and not e.closed for e in (self.client, self.backend))
@@ -164,6 +171,8 @@ class Relay:
     def start(self, preamble: bytes = b"") -> None:
         """Both sides are connected: send `preamble` (a PROXY header) to the backend, then relay."""
         assert self.backend.transport is not None and self.client.transport is not None
+        self.client.peer = self.backend
+        self.backend.peer = self.client
         for side in (self.client, self.backend):
             early, side.early = side.early, []
             head = preamble if side is self.client else b""
@@ -171,12 +180,19 @@ class Relay:
                 assert side.peer is not None and side.peer.transport is not None
                 side.peer.transport.write(head + b"".join(early))
         for side in (self.client, self.backend):
+            if side.eof:  # it ended before we started: pass the half-close on
+                assert side.peer is not None
+                if side.peer.transport is not None and side.peer.transport.can_write_eof():
+                    side.peer.transport.write_eof()
+        if self.client.eof and self.backend.eof:
+            self.close("closed")
+            return
+        for side in (self.client, self.backend):
             if not side.closed and side.transport is not None:
                 side.transport.resume_reading()
 
     def endpoint_lost(self, endpoint: Endpoint, exc: Exception | None) -> None:
-        peer = endpoint.peer
-        assert peer is not None
+        peer = self.backend if endpoint is self.client else self.client
         if not self.end_reason:
             who = "client" if endpoint is self.client else "backend"
             self.end_reason = f"{who} reset" if exc is not None else f"{who} closed"
