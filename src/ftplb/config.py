@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 import tomllib
 from collections.abc import Callable, Iterator
@@ -134,6 +135,10 @@ class TlsConfig:
     """CA file to verify backends."""
     backend_verify: bool = True
     """Verify backend certificates."""
+    min_version: str = "1.2"
+    """Lowest TLS version accepted from clients: "1.2" or "1.3"."""
+    handshake_timeout: float = 10.0
+    """Seconds a client has to complete a TLS handshake."""
 
 
 @dataclass(frozen=True)
@@ -434,9 +439,30 @@ def _parse_tls(t: _Table) -> TlsConfig:
         backend_tls=t.choice("backend_tls", BACKEND_TLS, d.backend_tls),
         backend_ca=t.get("backend_ca", str, d.backend_ca),
         backend_verify=t.get("backend_verify", bool, d.backend_verify),
+        min_version=t.choice("min_version", ("1.2", "1.3"), d.min_version),
+        handshake_timeout=t.number("handshake_timeout", d.handshake_timeout, low=0.1, high=600),
     )
+    if cfg.key and not cfg.cert:
+        raise t.error("cert", "required when key is set")
+    if cfg.required and not cfg.cert:
+        raise t.error("cert", "required when required = true")
+    if cfg.cert:
+        _check_certificate(t, cfg.cert, cfg.key)
     t.finish()
     return cfg
+
+
+def _check_certificate(t: _Table, cert: str, key: str) -> None:
+    """Load the pair now, so that a bad file fails `check` and start-up, not a client."""
+    import ssl
+
+    for field_name, path in (("cert", cert), ("key", key)):
+        if path and not os.access(path, os.R_OK):
+            raise t.error(field_name, f"cannot read {path}")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key or None)
+    except (ssl.SSLError, OSError) as exc:
+        raise t.error("cert", f"{cert}: not a usable certificate and key ({exc})") from None
 
 
 def _parse_admin(t: _Table) -> AdminConfig:

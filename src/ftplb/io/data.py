@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -47,9 +49,18 @@ class DataChannel:
         on_open: Callable[[], None],
         on_close: Callable[[int, int], None],
         proxy_version: str = "off",
+        tls: ssl.SSLContext | None = None,
+        require_reuse: bool = True,
+        handshake_timeout: float = 10.0,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.label = label
         self.proxy_version = proxy_version
+        self.tls = tls
+        """Set for PROT P: the client's side is TLS, with us as the TLS server."""
+        self.require_reuse = require_reuse
+        self.handshake_timeout = handshake_timeout
+        self._on_refused = on_refused
         self._on_open = on_open
         self._on_close = on_close
         self.relay: Relay | None = None
@@ -83,6 +94,8 @@ class DataChannel:
                     port,
                     reuse_address=True,
                     backlog=8,
+                    ssl=self.tls,
+                    ssl_handshake_timeout=self.handshake_timeout if self.tls else None,
                 )
             except OSError as exc:
                 last_error = exc
@@ -116,9 +129,29 @@ class DataChannel:
             self._refused.add(relay)
             transport.abort()
             return
+        if not self._tls_accepted(transport):
+            self._refused.add(relay)
+            transport.abort()
+            self.close()
+            return
         self.relay = relay
         self._stop_listening()
         self.connect_backend(backend)
+
+    def _tls_accepted(self, transport: asyncio.BaseTransport) -> bool:
+        """PROT P with session reuse required: the client must resume the control
+        session, proving it holds its secrets (a port thief does not)."""
+        if self.tls is None or not self.require_reuse:
+            return True
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.session_reused:
+            return True
+        log.warning("%s: TLS data connection refused: control session not resumed", self.label)
+        if self._on_refused is not None:
+            self._on_refused(
+                "Data connection refused: it must resume the control connection's TLS session."
+            )
+        return False
 
     def _listen_timeout(self, timeout: float) -> None:
         if self.relay is None and not self.closed:
@@ -145,19 +178,44 @@ class DataChannel:
         if self.relay is None:
             self.relay = Relay(self._relay_closed)
         relay = self.relay
-        self._spawn(self._connect(lambda: relay.client, target, (source_host, 0)))
+        self._spawn(self._connect(lambda: relay.client, target, (source_host, 0), self.tls))
 
     async def _connect(
         self,
         factory: Callable[[], asyncio.Protocol],
         address: tuple[str, int],
         local: tuple[str, int] | None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(10):
-                await loop.create_connection(factory, address[0], address[1], local_addr=local)
-        except (OSError, TimeoutError) as exc:
+            if tls is None:
+                async with asyncio.timeout(10):
+                    await loop.create_connection(factory, address[0], address[1], local_addr=local)
+            else:
+                # Active mode with PROT P: we connect, yet the FTP client is the TLS
+                # client. Connect a plain socket, then treat it as an accepted one:
+                # the handshake completes before the endpoint sees a byte.
+                sock = socket.socket(
+                    socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM
+                )
+                try:
+                    sock.setblocking(False)
+                    if local is not None:
+                        sock.bind(local)
+                    async with asyncio.timeout(10):
+                        await loop.sock_connect(sock, address)
+                    transport, _ = await loop.connect_accepted_socket(
+                        factory, sock, ssl=tls, ssl_handshake_timeout=self.handshake_timeout
+                    )
+                except BaseException:
+                    sock.close()
+                    raise
+                if not self._tls_accepted(transport):
+                    transport.abort()
+                    self.close()
+                    return
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
             log.warning("%s: data connect to %s:%d failed: %s", self.label, *address, exc)
             self.close()
             return

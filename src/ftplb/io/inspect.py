@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import ssl
 from collections import Counter
 from typing import Any, cast
 
@@ -35,6 +36,7 @@ from ftplb.proto.session import (
     SendBackend,
     SendClient,
     SessionSettings,
+    StartClientTLS,
     Transferred,
 )
 
@@ -84,8 +86,9 @@ class _Side(asyncio.Protocol):
 
 
 class ControlSession:
-    def __init__(self, balancer: InspectBalancer) -> None:
+    def __init__(self, balancer: InspectBalancer, implicit: bool = False) -> None:
         self.balancer = balancer
+        self.implicit = implicit
         self.client = _Side(self, True)
         self.backend_side: _Side | None = None
         self.backend: Backend | None = None
@@ -94,6 +97,7 @@ class ControlSession:
         self.local_addr: tuple[str, int] = ("", 0)
         self.data: DataChannel | None = None
         self.started = 0.0
+        balancer.sessions.add(self)
         self.end_reason = ""
         self.closed = False
         self.counted = False
@@ -136,6 +140,9 @@ class ControlSession:
                 balance_by_user=b.balance == "user" or bool(self.balancer.config.users),
                 login_timeout=b.login_timeout,
                 idle_timeout=b.idle_timeout,
+                tls=self.balancer.tls is not None,
+                tls_required=self.balancer.config.tls.required,
+                implicit_tls=self.implicit,
             )
         )
         self.run(self.core.start(self.loop.time()))
@@ -179,13 +186,20 @@ class ControlSession:
                 self._connect_backend(user)
             case Close(reason):
                 self.close(reason)
-            case ListenData(backend, client_ip):
-                self._listen(backend, client_ip)
+            case ListenData(backend, client_ip, tls):
+                self._listen(backend, client_ip, tls)
             case ConnectBackendData(backend):
                 self._new_channel().connect_backend(backend)
-            case ConnectClientData(target):
+            case ConnectClientData(target, tls):
                 channel = self.data if self.data is not None else self._new_channel()
+                channel.tls = self.balancer.tls if tls else None
                 channel.connect_client(target, self._source_host())
+            case StartClientTLS():
+                # Nothing more may reach the FTP parser: the next bytes are the
+                # ClientHello, for the TLS layer that start_tls puts in between.
+                if self.client.transport is not None:
+                    self.client.transport.pause_reading()
+                self._spawn(self._start_tls())
             case CloseData():
                 self._close_data()
             case LoginResult(ok, user):
@@ -283,19 +297,55 @@ class ControlSession:
 
     # -- data channels
 
-    def _new_channel(self) -> DataChannel:
+    def _new_channel(self, tls: bool = False) -> DataChannel:
         self._close_data()
         label = f"{self.who()} backend={self.backend.name if self.backend else '-'}"
         version = "off"
         if self.backend is not None and self.backend.config.send_proxy_data:
             version = self.balancer.config.proxy_version(self.backend.config)
             version = version if version != "off" else "v1"
-        channel = DataChannel(label, self._data_opened, self._data_closed, version)
+        t = self.balancer.config.tls
+        channel = DataChannel(
+            label,
+            self._data_opened,
+            self._data_closed,
+            version,
+            tls=self.balancer.tls if tls else None,
+            require_reuse=t.session_reuse,
+            handshake_timeout=t.handshake_timeout,
+            on_refused=self._data_refused,
+        )
         self.data = channel
         return channel
 
-    def _listen(self, backend: tuple[str, int], client_ip: str) -> None:
-        channel = self._new_channel()
+    def _data_refused(self, reason: str) -> None:
+        if self.core is not None and not self.closed:
+            self.run(self.core.data_refused(reason))
+
+    async def _start_tls(self) -> None:
+        """AUTH TLS answered: the client's control connection becomes TLS, we the server."""
+        transport = self.client.transport
+        context = self.balancer.tls
+        assert transport is not None and context is not None
+        try:
+            secured = await self.loop.start_tls(
+                transport,
+                self.client,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=self.balancer.config.tls.handshake_timeout,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            log.warning("%s: TLS handshake failed: %s", self.who(), exc or type(exc).__name__)
+            self.close("TLS handshake failed")
+            return
+        if secured is None:
+            self.close("TLS handshake failed")
+            return
+        self.client.transport = secured
+
+    def _listen(self, backend: tuple[str, int], client_ip: str, tls: bool = False) -> None:
+        channel = self._new_channel(tls)
         b = self.balancer.config.balancer
 
         async def go() -> None:
@@ -404,6 +454,7 @@ class InspectBalancer:
         self.logins: Counter[str] = Counter()
         self.data_connections: Counter[str] = Counter()
         self.transfers: Counter[str] = Counter()
+        self.tls = server_context(config) if config.tls.cert else None
         self._prune_timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
@@ -413,6 +464,21 @@ class InspectBalancer:
             self._factory, listen.host, listen.port, reuse_address=True, backlog=512
         )
         self.servers.append(server)
+        implicit = self.config.tls.implicit_listen
+        if implicit is not None and self.tls is not None:
+            # Implicit FTPS: TLS from the first byte, then the same session.
+            self.servers.append(
+                await loop.create_server(
+                    lambda: ControlSession(self, implicit=True).client,
+                    implicit.host,
+                    implicit.port,
+                    reuse_address=True,
+                    backlog=512,
+                    ssl=self.tls,
+                    ssl_handshake_timeout=self.config.tls.handshake_timeout,
+                )
+            )
+            log.info("inspect mode: implicit FTPS on %s", implicit)
         self._prune_guard()
         log.info(
             "inspect mode: control on %s, data ports %s, clients are told %s",
@@ -428,9 +494,7 @@ class InspectBalancer:
         self._prune_timer = loop.call_later(60, self._prune_guard)
 
     def _factory(self) -> asyncio.Protocol:
-        session = ControlSession(self)
-        self.sessions.add(session)
-        return session.client
+        return ControlSession(self).client
 
     def stop_accepting(self) -> None:
         for server in self.servers:
@@ -518,3 +582,15 @@ def _family(host: str) -> int:
         return ipaddress.ip_address(host).version
     except ValueError:
         return 0
+
+
+def server_context(config: Config) -> ssl.SSLContext:
+    """The balancer's TLS server context, shared by control and data connections
+    (one context: its session cache lets data connections resume the control one)."""
+    t = config.tls
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = (
+        ssl.TLSVersion.TLSv1_3 if t.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    )
+    context.load_cert_chain(t.cert, t.key or None)
+    return context

@@ -50,12 +50,19 @@ class Close:
 
 
 @dataclass(frozen=True)
+class StartClientTLS:
+    """The 234 is queued: turn the client's control connection into TLS (we are the server)."""
+
+
+@dataclass(frozen=True)
 class ListenData:
     """Open a listener for the client's data connection (only `client_ip` may use it);
-    join what arrives to `backend`. Answer with `data_listening` or `data_listen_failed`."""
+    join what arrives to `backend`. Answer with `data_listening` or `data_listen_failed`.
+    With `tls`, the client's side is TLS (PROT P)."""
 
     backend: tuple[str, int]
     client_ip: str
+    tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,7 @@ class ConnectClientData:
     """Active mode, step 2 (the transfer has begun): connect to the client's PORT/EPRT target."""
 
     target: tuple[str, int]
+    tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,7 @@ Cmd = (
     | ListenData
     | ConnectBackendData
     | ConnectClientData
+    | StartClientTLS
     | CloseData
     | LoginResult
     | Log
@@ -126,6 +135,12 @@ class SessionSettings:
     idle_timeout: float = 600.0
     max_line: int = 2048
     greeting: str = "ftplb ready."
+    tls: bool = False
+    """The balancer has a certificate: AUTH TLS, PBSZ and PROT are answered here."""
+    tls_required: bool = False
+    """Refuse USER before AUTH TLS."""
+    implicit_tls: bool = False
+    """The control connection is TLS from its first byte (port 990)."""
 
 
 @dataclass
@@ -172,10 +187,14 @@ class InspectSession:
     _last_activity: float = 0.0
     _transfer: _Transfer | None = None
     _user_line: Command | None = None
+    client_tls: bool = False
+    prot_private: bool = False
+    _pbsz: bool = False
 
     def __post_init__(self) -> None:
         self._client_lines = LineReader(self.settings.max_line)
         self._replies = ReplyReader(self.settings.max_line)
+        self.client_tls = self.settings.implicit_tls
 
     # --- events ----------------------------------------------------------------
 
@@ -255,6 +274,10 @@ class InspectSession:
         failed = SendClient(reply(425, "Cannot open a passive data port, try again."))
         return [failed, *self._drain_queue(self._last_activity)]
 
+    def data_refused(self, reason: str) -> list[Cmd]:
+        """The client's data connection was refused (a TLS session not resumed, say)."""
+        return [SendClient(reply(522, reason))]
+
     def data_opened(self, now: float) -> list[Cmd]:
         self.data_open += 1
         self._last_activity = now
@@ -306,8 +329,10 @@ class InspectSession:
         if verb == "QUIT" and self.phase in ("await_user", "new"):
             self.phase = "closed"
             return [SendClient(reply(221, "Goodbye.")), Close("client quit")]
-        if verb == "AUTH":
-            return [SendClient(reply(502, "TLS is not available on this balancer."))]
+        if verb in ("AUTH", "PBSZ", "PROT", "CCC"):
+            return self._tls_command(cmd)
+        if verb in ("USER", "PASS") and self.settings.tls_required and not self.client_tls:
+            return [SendClient(reply(530, "TLS required: send AUTH TLS first."))]
         if self.phase == "await_user":
             return self._before_user(cmd)
         if verb == "USER":
@@ -329,6 +354,32 @@ class InspectSession:
     def _forward(self, cmd: Command) -> list[Cmd]:
         self._pending.append(_Pending("forward", cmd))
         return [SendBackend(cmd.line())]
+
+    def _tls_command(self, cmd: Command) -> list[Cmd]:
+        """RFC 4217, answered by the balancer: the backend never sees them."""
+        if not self.settings.tls:
+            return [SendClient(reply(502, "TLS is not available on this balancer."))]
+        if cmd.verb == "AUTH":
+            if cmd.arg.upper() not in ("TLS", "SSL", "TLS-C", "TLS-P"):
+                return [SendClient(reply(504, "AUTH type not supported; use AUTH TLS."))]
+            if self.client_tls:
+                return [SendClient(reply(503, "Already using TLS."))]
+            self.client_tls = True
+            return [SendClient(reply(234, "AUTH TLS successful.")), StartClientTLS()]
+        if not self.client_tls:
+            return [SendClient(reply(503, f"{cmd.verb} needs AUTH TLS first."))]
+        if cmd.verb == "CCC":
+            return [SendClient(reply(534, "CCC refused: the control connection stays encrypted."))]
+        if cmd.verb == "PBSZ":
+            self._pbsz = True
+            return [SendClient(reply(200, "PBSZ=0"))]
+        level = cmd.arg.strip().upper()
+        if not self._pbsz:
+            return [SendClient(reply(503, "PROT needs PBSZ first."))]
+        if level in ("P", "C"):
+            self.prot_private = level == "P"
+            return [SendClient(reply(200, f"Protection level set to {level}."))]
+        return [SendClient(reply(536, "Protection level not supported; use P or C."))]
 
     def _before_user(self, cmd: Command) -> list[Cmd]:
         if cmd.verb == "NOOP":
@@ -401,7 +452,7 @@ class InspectSession:
             if pending is not None and pending.kind == "greeting":
                 return out  # "120 ready in N minutes": wait for the 220
             if pending is not None and pending.target is not None:
-                out.append(ConnectClientData(pending.target))
+                out.append(ConnectClientData(pending.target, self.prot_private))
                 pending.target = None
             out.append(SendClient(self._scrub(r)))
             return out
@@ -474,7 +525,7 @@ class InspectSession:
         backend = (self.backend_host, port)
         if pending.purpose == "client":
             # Stay blocked until the listener is open (data_listening).
-            return [ListenData(backend, self.settings.client[0])]
+            return [ListenData(backend, self.settings.client[0], self.prot_private)]
         held, self._held_transfer = self._held_transfer, None
         self._unblock()
         assert held is not None
