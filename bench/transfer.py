@@ -28,6 +28,7 @@ from tests.cluster import (  # noqa: E402
     BALANCER_HOST,
     PASSWORD,
     USER,
+    Backend,
     Cluster,
     cluster_at,
     free_ports,
@@ -47,10 +48,21 @@ def make_file(path: Path, size: int) -> None:
             written += n
 
 
-def download(url: str, size: int) -> None:
+def download(url: str, size: int, flags: tuple[str, ...] = ()) -> None:
     """One curl download to /dev/null; fails unless all `size` bytes arrived."""
     done = subprocess.run(
-        ["curl", "-sS", "--max-time", "300", "-o", "/dev/null", "-w", "%{size_download}", url],
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "300",
+            *flags,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            url,
+        ],
         capture_output=True,
         text=True,
         timeout=330,
@@ -61,11 +73,83 @@ def download(url: str, size: int) -> None:
         raise SystemExit(f"{url}: got {done.stdout} bytes, expected {size}")
 
 
-def timed_download(url: str, size: int) -> float:
+def timed_download(url: str, size: int, flags: tuple[str, ...] = ()) -> float:
     """MiB/s of one download."""
     started = time.perf_counter()
-    download(url, size)
+    download(url, size, flags)
     return size / MIB / (time.perf_counter() - started)
+
+
+Row = str | tuple[str, tuple[str, ...]]
+
+
+def _timed(row: Row, size: int) -> float:
+    url, flags = (row, ()) if isinstance(row, str) else row
+    return timed_download(url, size, flags)
+
+
+def ftps_rows(c: Cluster, tmp: Path, plain: Backend) -> dict[str, Row]:
+    """FTPS: a TLS backend direct and through routed ftplb (pass-through), and
+    inspect-mode ftplb terminating TLS in front of the plain backend."""
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=bench",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        capture_output=True,
+        check=True,
+    )
+    tls = c.add_backend(
+        proxy_protocol=False, passive_size=50, extra_args=(f"--tls-cert={cert}", f"--tls-key={key}")
+    )
+    os.link(plain.root / "big.bin", tls.root / "big.bin")
+    saved = list(c.backends)
+    configs = {}
+    try:
+        c.backends[:] = [tls]
+        routed_port = free_ports(1)
+        configs["routed"] = c.config_text(send_proxy="off", listen=f"{BALANCER_HOST}:{routed_port}")
+        c.backends[:] = [plain]
+        inspect_port = free_ports(1)
+        configs["inspect"] = c.config_text(
+            mode="inspect",
+            send_proxy="off",
+            listen=f"{BALANCER_HOST}:{inspect_port}",
+            sections={"tls": {"cert": str(cert), "key": str(key)}},
+        )
+    finally:
+        c.backends[:] = saved
+    for name, text in configs.items():
+        path = tmp / f"ftps-{name}.toml"
+        path.write_text(text)
+        proc = c.spawn(f"ftps-{name}", [sys.executable, "-m", "ftplb", "run", "-c", str(path)])
+        wait_for(lambda proc=proc: "ready:" in proc.log(), what=f"ftps {name}")
+    flags = ("--ssl-reqd", "--insecure")
+    login = f"ftp://{USER}:{PASSWORD}@"
+    return {
+        "FTPS direct (curl <- TLS backend)": (f"{login}{tls.address}/big.bin", flags),
+        "FTPS ftplb routed, passed through": (
+            f"{login}{BALANCER_HOST}:{routed_port}/big.bin",
+            flags,
+        ),
+        "FTPS ftplb inspect, terminated (TLS to client only)": (
+            f"{login}{BALANCER_HOST}:{inspect_port}/big.bin",
+            flags,
+        ),
+    }
 
 
 def start_haproxy(c: Cluster, tmp: Path, host: str, tuning: str) -> str:
@@ -148,7 +232,7 @@ def main() -> int:
             ("HAProxy, tune.bufsize 262144", "127.0.0.3", "    tune.bufsize 262144\n"),
         ):
             haproxy_urls[label] = start_haproxy(c, Path(tmp), host, tuning)
-        rows = {
+        rows: dict[str, Row] = {
             "direct (curl <- backend)": f"ftp://{USER}:{PASSWORD}@{backend.address}/big.bin",
             "ftplb routed (curl <- ftplb <- backend)": (
                 f"ftp://{USER}:{PASSWORD}@{BALANCER_HOST}:{c.balancer_port}/big.bin"
@@ -157,13 +241,14 @@ def main() -> int:
                 f"ftp://{USER}:{PASSWORD}@{BALANCER_HOST}:{inspect_port}/big.bin"
             ),
             **haproxy_urls,
+            **ftps_rows(c, Path(tmp), backend),
         }
-        for url in rows.values():  # warm the page cache and both paths
-            timed_download(url, size)
+        for row in rows.values():  # warm the page cache and every path
+            _timed(row, size)
         results: dict[str, list[float]] = {name: [] for name in rows}
         for _ in range(args.rounds):
-            for name, url in rows.items():
-                results[name].append(timed_download(url, size))
+            for name, row in rows.items():
+                results[name].append(_timed(row, size))
 
     title = (
         f"Bulk download of a {args.size_mib} MiB file, {args.rounds} interleaved rounds, "
