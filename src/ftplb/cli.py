@@ -128,6 +128,35 @@ def plan(config: Config) -> list[str]:
         )
         for user, backend in sorted(config.users.items()):
             lines.append(f"user {user} -> {backend}")
+    lines.extend(_tls_plan(config))
+    if config.admin.listen is not None:
+        token = "token required for changes" if config.admin.token else "no token: changes open"
+        lines.append(f"admin: http://{config.admin.listen}/ ({token})")
+    return lines
+
+
+def _tls_plan(config: Config) -> list[str]:
+    t = config.tls
+    b = config.balancer
+    if b.mode == "routed":
+        if t.implicit_listen is None:
+            return ["tls: passed through untouched (explicit AUTH TLS on the control port)"]
+        targets = ", ".join(f"{x.name} {x.implicit_address}" for x in config.backends)
+        return [f"tls: passed through; implicit FTPS on {t.implicit_listen} -> {targets}"]
+    if not t.cert:
+        return ["tls: off (AUTH TLS gets 502; set [tls] cert and key to terminate FTPS here)"]
+    lines = [
+        f"tls: terminated here with {t.cert}, TLS {t.min_version}+, handshake timeout "
+        f"{t.handshake_timeout:g}s, {'required' if t.required else 'optional'}, data session "
+        f"reuse {'required' if t.session_reuse else 'not required'}"
+    ]
+    if t.implicit_listen is not None:
+        lines.append(f"tls: implicit FTPS on {t.implicit_listen}")
+    if t.backend_tls != "off":
+        lines.append(
+            f'warning: tls.backend_tls = "{t.backend_tls}" is not implemented yet: '
+            "backends get plain FTP"
+        )
     return lines
 
 
