@@ -29,7 +29,7 @@ from tests.netns.topology import (  # noqa: E402
     topology,
 )
 
-from bench.transfer import make_file, report  # noqa: E402
+from bench.transfer import make_file, report, timed_download  # noqa: E402
 
 MIB = 1024 * 1024
 FIRST, LAST = 30000, 30049
@@ -71,31 +71,7 @@ def wait_up(t: Topology, host: str, port: int = 21) -> None:
 
 def timed(t: Topology, host: str, port: int, size: int) -> float:
     url = f"ftp://bench:bench@{host}:{port}/big.bin"
-    started = time.perf_counter()
-    done = subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            t.client,
-            "curl",
-            "-sS",
-            "--max-time",
-            "300",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{size_download}",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=330,
-    )
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0 or int(done.stdout or 0) != size:
-        raise SystemExit(f"{url}: {done.stderr} {done.stdout}")
-    return size / MIB / elapsed
+    return timed_download(url, size, prefix=("ip", "netns", "exec", t.client))
 
 
 def main() -> int:

@@ -48,10 +48,14 @@ def make_file(path: Path, size: int) -> None:
             written += n
 
 
-def download(url: str, size: int, flags: tuple[str, ...] = ()) -> None:
-    """One curl download to /dev/null; fails unless all `size` bytes arrived."""
+def download(
+    url: str, size: int, flags: tuple[str, ...] = (), prefix: tuple[str, ...] = ()
+) -> None:
+    """One curl download to /dev/null (run under `prefix`, e.g. `ip netns exec NS`);
+    fails unless all `size` bytes arrived."""
     done = subprocess.run(
         [
+            *prefix,
             "curl",
             "-sS",
             "--max-time",
@@ -73,10 +77,12 @@ def download(url: str, size: int, flags: tuple[str, ...] = ()) -> None:
         raise SystemExit(f"{url}: got {done.stdout} bytes, expected {size}")
 
 
-def timed_download(url: str, size: int, flags: tuple[str, ...] = ()) -> float:
+def timed_download(
+    url: str, size: int, flags: tuple[str, ...] = (), prefix: tuple[str, ...] = ()
+) -> float:
     """MiB/s of one download."""
     started = time.perf_counter()
-    download(url, size, flags)
+    download(url, size, flags, prefix)
     return size / MIB / (time.perf_counter() - started)
 
 

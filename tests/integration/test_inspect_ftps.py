@@ -15,7 +15,12 @@ import pytest
 
 from tests.cluster import BALANCER_HOST, PASSWORD, USER, Cluster, free_ports, sha256, wait_for
 from tests.conftest import need
-from tests.integration.test_routed_ftps import ReusingFTP_TLS, make_cert, tls_context
+from tests.integration.test_routed_ftps import (
+    ReusingFTP_TLS,
+    lftp_tls_get,
+    make_cert,
+    tls_context,
+)
 
 DATA = os.urandom(1024 * 1024 + 77)
 
@@ -97,32 +102,8 @@ def test_implicit_ftps(tls_inspect: tuple[Cluster, int]) -> None:
 
 def test_lftp_ssl_force(tls_inspect: tuple[Cluster, int], tmp_path: Path) -> None:
     c, _ = tls_inspect
-    script = "; ".join(
-        [
-            "set ftp:ssl-force true",
-            "set ftp:ssl-protect-data true",
-            "set ssl:verify-certificate no",
-            "set net:max-retries 1",
-            "set net:timeout 10",
-            f"lcd {tmp_path}",
-            "get data.bin",
-            "bye",
-        ]
-    )
-    done = subprocess.run(
-        [
-            need("lftp"),
-            "-u",
-            f"{USER},{PASSWORD}",
-            "-e",
-            script,
-            f"ftp://{BALANCER_HOST}:{c.balancer_port}",
-        ],
-        capture_output=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr.decode()
-    assert sha256((tmp_path / "data.bin").read_bytes()) == sha256(DATA)
+    got = lftp_tls_get(c.balancer_port, f"{USER},{PASSWORD}", tmp_path)
+    assert sha256(got) == sha256(DATA)
 
 
 def test_session_reuse_is_required(tls_inspect: tuple[Cluster, int]) -> None:

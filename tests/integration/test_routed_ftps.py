@@ -18,6 +18,7 @@ import pytest
 
 from tests.cluster import (
     BALANCER_HOST,
+    LFTP_SETTINGS,
     PASSWORD,
     USER,
     Backend,
@@ -142,36 +143,31 @@ def test_implicit_ftps(ftps: tuple[Cluster, int]) -> None:
     wait_for(lambda: c.balancer.log().count("control client=") >= 2, what="session lines")  # type: ignore[union-attr]
 
 
-def test_lftp_ssl_force(ftps: tuple[Cluster, int], tmp_path: Path) -> None:
-    c, _ = ftps
-    out = tmp_path / "out"
-    out.mkdir()
+def lftp_tls_get(port: int, login: str, out: Path, name: str = "data.bin") -> bytes:
+    """lftp forcing TLS on control and data, certificate unchecked: `name`'s bytes."""
     script = "; ".join(
         [
             "set ftp:ssl-force true",
             "set ftp:ssl-protect-data true",
             "set ssl:verify-certificate no",
-            "set net:max-retries 1",
-            "set net:timeout 10",
+            *LFTP_SETTINGS,
             f"lcd {out}",
-            "get data.bin",
+            f"get {name}",
             "bye",
         ]
     )
     done = subprocess.run(
-        [
-            need("lftp"),
-            "-u",
-            "anonymous,x",
-            "-e",
-            script,
-            f"ftp://{BALANCER_HOST}:{c.balancer_port}",
-        ],
+        [need("lftp"), "-u", login, "-e", script, f"ftp://{BALANCER_HOST}:{port}"],
         capture_output=True,
         timeout=60,
     )
     assert done.returncode == 0, done.stderr.decode()
-    assert sha256((out / "data.bin").read_bytes()) == sha256(DATA)
+    return (out / name).read_bytes()
+
+
+def test_lftp_ssl_force(ftps: tuple[Cluster, int], tmp_path: Path) -> None:
+    c, _ = ftps
+    assert sha256(lftp_tls_get(c.balancer_port, "anonymous,x", tmp_path)) == sha256(DATA)
 
 
 class ReusingFTP_TLS(ftplib.FTP_TLS):
