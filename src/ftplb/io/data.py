@@ -53,6 +53,7 @@ class DataChannel:
         require_reuse: bool = True,
         handshake_timeout: float = 10.0,
         on_refused: Callable[[str], None] | None = None,
+        on_fail: Callable[[], None] | None = None,
     ) -> None:
         self.label = label
         self.proxy_version = proxy_version
@@ -61,6 +62,7 @@ class DataChannel:
         self.require_reuse = require_reuse
         self.handshake_timeout = handshake_timeout
         self._on_refused = on_refused
+        self._on_fail = on_fail
         self._on_open = on_open
         self._on_close = on_close
         self.relay: Relay | None = None
@@ -250,6 +252,8 @@ class DataChannel:
             self._stop_listening()
             if self._opened:
                 self._on_close(relay.bytes_up, relay.bytes_down)
+            elif self._on_fail is not None:
+                self._on_fail()
 
     def close(self) -> None:
         """Drop everything; a relay in progress is aborted."""

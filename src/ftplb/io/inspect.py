@@ -314,9 +314,14 @@ class ControlSession:
             require_reuse=t.session_reuse,
             handshake_timeout=t.handshake_timeout,
             on_refused=self._data_refused,
+            on_fail=self._data_failed,
         )
         self.data = channel
         return channel
+
+    def _data_failed(self) -> None:
+        if self.core is not None and not self.closed:
+            self.run(self.core.data_failed())
 
     def _data_refused(self, reason: str) -> None:
         if self.core is not None and not self.closed:

@@ -186,6 +186,8 @@ class InspectSession:
     _started: float = 0.0
     _last_activity: float = 0.0
     _transfer: _Transfer | None = None
+    _client_connecting: bool = False
+    _held: list[Cmd] = field(default_factory=list)
     _user_line: Command | None = None
     client_tls: bool = False
     prot_private: bool = False
@@ -255,9 +257,16 @@ class InspectSession:
             ]
         out: list[Cmd] = []
         for r in replies:
-            out.extend(self._on_reply(r, now))
+            out.extend(self._queue_behind_held(self._on_reply(r, now)))
         out.extend(self._drain_queue(now))
         return out
+
+    def _queue_behind_held(self, cmds: list[Cmd]) -> list[Cmd]:
+        """While a transfer's final reply is held, later replies wait behind it."""
+        if not self._held:
+            return cmds
+        self._held.extend(c for c in cmds if isinstance(c, SendClient))
+        return [c for c in cmds if not isinstance(c, SendClient)]
 
     def data_listening(self, port: int) -> list[Cmd]:
         """Our listener for the client's passive connection is open on `port`."""
@@ -280,22 +289,36 @@ class InspectSession:
 
     def data_opened(self, now: float) -> list[Cmd]:
         self.data_open += 1
+        self._client_connecting = False
         self._last_activity = now
-        return []
+        return self._release()
+
+    def data_failed(self) -> list[Cmd]:
+        """A data channel ended without ever joining its two sides."""
+        self._client_connecting = False
+        return self._release()
 
     def data_closed(self, bytes_up: int, bytes_down: int, now: float) -> list[Cmd]:
         """A data channel ended: `bytes_up` client->backend, `bytes_down` backend->client."""
         self.data_open = max(0, self.data_open - 1)
         self._last_activity = now
+        out: list[Cmd] = []
         t = self._transfer
-        if t is None:
+        if t is not None:
+            self._transfer = None
+            self.transfers += 1
+            upload = t.command.verb in UPLOAD_COMMANDS
+            direction = "upload" if upload else "download"
+            size = bytes_up if upload else bytes_down
+            out.append(Transferred(direction, t.command.verb, t.command.arg, size, now - t.started))
+        return out
+
+    def _release(self) -> list[Cmd]:
+        """The client's data connection exists (or never will): the final reply may go."""
+        if self._client_connecting:
             return []
-        self._transfer = None
-        self.transfers += 1
-        upload = t.command.verb in UPLOAD_COMMANDS
-        direction = "upload" if upload else "download"
-        size = bytes_up if upload else bytes_down
-        return [Transferred(direction, t.command.verb, t.command.arg, size, now - t.started)]
+        held, self._held = self._held, []
+        return held
 
     def tick(self, now: float) -> list[Cmd]:
         if self.phase == "closed":
@@ -454,6 +477,7 @@ class InspectSession:
             if pending is not None and pending.target is not None:
                 out.append(ConnectClientData(pending.target, self.prot_private))
                 pending.target = None
+                self._client_connecting = True
             out.append(SendClient(self._scrub(r)))
             return out
         if pending is None:
@@ -468,6 +492,12 @@ class InspectSession:
         cmd = pending.command
         if cmd is not None:
             out.extend(self._after_reply(cmd, r))
+            if cmd.verb in TRANSFER_COMMANDS and self._client_connecting:
+                # Active mode: a fast backend can finish (226) before our connection
+                # to the client exists; a client then sees the end of a transfer
+                # whose data connection never came. It hears it once we are connected.
+                self._held.extend(out)
+                return []
         return out
 
     def _on_greeting(self, r: Reply) -> list[Cmd]:

@@ -191,3 +191,23 @@ def test_telnet_ip_synch_before_abor() -> None:
 def test_auth_refused_until_tls_exists() -> None:
     s = ready()
     assert s.client_data(b"AUTH TLS\r\n", 2)[0].data.startswith(b"502 ")  # type: ignore[union-attr]
+
+
+def test_final_reply_waits_for_an_active_connect_and_keeps_order() -> None:
+    s = ready()
+    s.client_data(b"PORT 198,51,100,7,156,64\r\nRETR f\r\n", 2)
+    s.backend_data(b"229 ok (|||50002|)\r\n", 2)
+    s.backend_data(b"150 Opening\r\n", 2)  # ConnectClientData issued
+    # A fast backend: all data sent and 226 before we even reached the client.
+    assert s.backend_data(b"226 done\r\n", 2) == []
+    s.client_data(b"NOOP\r\n", 2)
+    assert s.backend_data(b"200 noop\r\n", 2) == []  # behind the held 226
+    # Connected: the held replies go, in order.
+    assert s.data_opened(3) == [SendClient(b"226 done\r\n"), SendClient(b"200 noop\r\n")]
+
+
+def test_held_reply_released_when_the_data_connection_fails() -> None:
+    s = ready()
+    s.client_data(b"PORT 198,51,100,7,156,64\r\nRETR f\r\n", 2)
+    s.backend_data(b"229 ok (|||50002|)\r\n150 Opening\r\n426 aborted\r\n", 2)
+    assert s.data_failed() == [SendClient(b"426 aborted\r\n"), CloseData()]
