@@ -35,6 +35,7 @@ from tests.cluster import (  # noqa: E402
     Cluster,
     cluster_at,
     free_ports,
+    listening,
     wait_for,
 )
 
@@ -188,7 +189,7 @@ def idle_rss(c: Cluster, tmp: Path, count: int) -> list[str]:
     host = "127.0.1.3"
     port = free_ports(1, host)
     c.spawn("greeter", [sys.executable, "-c", GREETER, host, str(port)])
-    wait_for(lambda: _connects(host, port), what="the greeter")
+    wait_for(lambda: listening(host, port), what="the greeter")
     rows = []
     ftplb_port = free_ports(1)
     config = tmp / "idle.toml"
@@ -213,7 +214,7 @@ def idle_rss(c: Cluster, tmp: Path, count: int) -> list[str]:
         f"    server greeter {host}:{port}\n"
     )
     ha = c.spawn("idle-haproxy", ["haproxy", "-db", "-f", str(haproxy_cfg)])
-    wait_for(lambda: _connects("127.0.0.2", haproxy_port), what="haproxy")
+    wait_for(lambda: listening("127.0.0.2", haproxy_port), what="haproxy")
     for name, proc, target in (
         ("ftplb routed (uvloop)", lb, (BALANCER_HOST, ftplb_port)),
         ("HAProxy 2.6", ha, ("127.0.0.2", haproxy_port)),
@@ -233,16 +234,6 @@ def idle_rss(c: Cluster, tmp: Path, count: int) -> list[str]:
         grown = after - before
         rows.append(f"| {name} | {grown / 1024:,.1f} MiB | {grown / count:.2f} KiB |")
     return rows
-
-
-def _connects(host: str, port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection((host, port), 0.5):
-            return True
-    except OSError:
-        return False
 
 
 if __name__ == "__main__":

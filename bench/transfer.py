@@ -32,6 +32,7 @@ from tests.cluster import (  # noqa: E402
     Cluster,
     cluster_at,
     free_ports,
+    make_cert,
     wait_for,
 )
 
@@ -97,27 +98,7 @@ def _timed(row: Row, size: int) -> float:
 def ftps_rows(c: Cluster, tmp: Path, plain: Backend) -> dict[str, Row]:
     """FTPS: a TLS backend direct and through routed ftplb (pass-through), and
     inspect-mode ftplb terminating TLS in front of the plain backend."""
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=bench",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        capture_output=True,
-        check=True,
-    )
+    cert, key = make_cert(tmp, "bench")
     tls = c.add_backend(
         proxy_protocol=False, passive_size=50, extra_args=(f"--tls-cert={cert}", f"--tls-key={key}")
     )

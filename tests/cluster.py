@@ -298,7 +298,7 @@ class Cluster:
         b = Backend(name, host, port, (first, first + passive_size - 1), root, kind="vsftpd")
         self.backends.append(b)
         b.process = self.spawn(name, [vsftpd, str(conf)])
-        wait_for(lambda: _listening(host, port), what=f"vsftpd {name} to listen")
+        wait_for(lambda: listening(host, port), what=f"vsftpd {name} to listen")
         return b
 
     # -- the balancer
@@ -381,12 +381,39 @@ class Cluster:
         return [line for line in self.balancer.log().splitlines() if "ftplb.session: " in line]
 
 
-def _listening(host: str, port: int) -> bool:
+def listening(host: str, port: int) -> bool:
+    """A TCP connection to host:port succeeds now."""
     try:
         with socket.create_connection((host, port), 0.2):
             return True
     except OSError:
         return False
+
+
+def make_cert(directory: Path, name: str = "ftplb-test") -> tuple[Path, Path]:
+    """A self-signed certificate and key (PEM) made with openssl."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        capture_output=True,
+        check=True,
+    )
+    return cert, key
 
 
 def _toml(value: object) -> str:

@@ -10,7 +10,16 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.cluster import BACKEND_HOSTS, PASSWORD, USER, Backend, Cluster, free_ports, wait_for
+from tests.cluster import (
+    BACKEND_HOSTS,
+    PASSWORD,
+    USER,
+    Backend,
+    Cluster,
+    free_ports,
+    listening,
+    wait_for,
+)
 from tests.conftest import need
 
 KINDS = ["pyftpdlib", "vsftpd", "proftpd", "pure-ftpd"]
@@ -130,15 +139,9 @@ def _crypt(password: str) -> str:
 
 
 def _wait_listening(b: Backend) -> None:
-    import socket
-
     def up() -> bool:
         assert b.process is not None
         assert b.process.popen.poll() is None, b.process.log()
-        try:
-            with socket.create_connection((b.host, b.port), 0.2):
-                return True
-        except OSError:
-            return False
+        return listening(b.host, b.port)
 
     wait_for(up, what=f"{b.name} to listen")

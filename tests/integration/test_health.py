@@ -6,7 +6,7 @@ import socket
 import sys
 import time
 
-from tests.cluster import BACKEND_HOSTS, Cluster, free_ports, greeting, wait_for
+from tests.cluster import BACKEND_HOSTS, Cluster, free_ports, greeting, listening, wait_for
 
 INTERVAL, FALL, RISE = 0.5, 2, 2
 
@@ -98,34 +98,10 @@ def test_backend_greeting_421_is_marked_down(cluster: Cluster) -> None:
         "    c.close()\n"
     )
     busy = cluster.spawn("busy", [sys.executable, "-c", script])
-    wait_for(lambda: _connects(host, port), what="the busy server")
+    wait_for(lambda: listening(host, port), what="the busy server")
     cluster.add_fake_backend("busy", host, port)
     cluster.start_balancer()
     assert cluster.balancer is not None
     assert "backend busy is DOWN (greeted with 421)" in cluster.balancer.log()
     assert backend_counts(cluster, 4) == {"ftp1": 4}
     busy.stop()
-
-
-def _connects(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), 0.5):
-            return True
-    except OSError:
-        return False
-
-
-def test_connect_failure_redispatches_before_the_check_notices(cluster: Cluster) -> None:
-    for _ in range(2):
-        cluster.add_backend()
-    # Checks so rare that the stopped backend still counts as up.
-    cluster.start_balancer(balance="roundrobin", health_interval=120)
-    cluster.stop_backend(cluster.backends[0])
-    assert backend_counts(cluster, 6) == {"ftp2": 6}
-    assert cluster.balancer is not None
-    log = cluster.balancer.log()
-    assert "backend ftp1: backend connect failed: Connection refused; redispatching" in log
-    assert "is DOWN" not in log
-    # With nowhere left to go, the client hears 421 rather than a hang.
-    cluster.stop_backend(cluster.backends[1])
-    assert greeting("127.0.0.1", cluster.balancer_port) == "421 Service not available"

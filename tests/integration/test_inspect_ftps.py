@@ -13,12 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import BALANCER_HOST, PASSWORD, USER, Cluster, free_ports, sha256, wait_for
+from tests.cluster import (
+    BALANCER_HOST,
+    PASSWORD,
+    USER,
+    Cluster,
+    free_ports,
+    make_cert,
+    sha256,
+    wait_for,
+)
 from tests.conftest import need
 from tests.integration.test_routed_ftps import (
     ReusingFTP_TLS,
     lftp_tls_get,
-    make_cert,
     tls_context,
 )
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from tests.cluster import (
     Cluster,
     free_ports,
     greeting,
+    listening,
     sha256,
     wait_for,
 )
@@ -138,7 +138,7 @@ def test_rendered_backend_command_lines_run(cluster: Cluster) -> None:
     pure = rendered("pure-ftpd")
     assert pure[:3] == ["pure-ftpd", "-S", f"{BACKEND_HOSTS[0]},{port}"]
     proc = cluster.spawn("pure", [unpacked("/usr/sbin/pure-ftpd"), *pure[1:], "-E", "-H"])
-    wait_for(lambda: _greets(BACKEND_HOSTS[0], port), what="pure-ftpd")
+    wait_for(lambda: listening(BACKEND_HOSTS[0], port), what="pure-ftpd")
     assert greeting(BACKEND_HOSTS[0], port).startswith("220")
     proc.stop()
 
@@ -149,11 +149,3 @@ def test_rendered_backend_command_lines_run(cluster: Cluster) -> None:
     wait_for(lambda: "serving " in proc.log(), what="ftplb backend")
     assert greeting(BACKEND_HOSTS[0], port).startswith("220 ")
     proc.stop()
-
-
-def _greets(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), 0.5):
-            return True
-    except OSError:
-        return False

@@ -24,37 +24,13 @@ from tests.cluster import (
     Backend,
     Cluster,
     free_ports,
+    make_cert,
     sha256,
     wait_for,
 )
 from tests.conftest import need
 
 DATA = os.urandom(1024 * 1024 + 3)
-
-
-def make_cert(directory: Path) -> tuple[Path, Path]:
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            need("openssl"),
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=ftplb-test",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        capture_output=True,
-        check=True,
-    )
-    return cert, key
 
 
 def tls_vsftpd(cluster: Cluster, cert: Path, key: Path, implicit: bool) -> Backend:
