@@ -105,3 +105,19 @@ def test_backend_greeting_421_is_marked_down(cluster: Cluster) -> None:
     assert "backend busy is DOWN (greeted with 421)" in cluster.balancer.log()
     assert backend_counts(cluster, 4) == {"ftp1": 4}
     busy.stop()
+
+
+def test_connect_failure_redispatches_before_the_check_notices(cluster: Cluster) -> None:
+    for _ in range(2):
+        cluster.add_backend()
+    # Checks so rare that the stopped backend still counts as up.
+    cluster.start_balancer(balance="roundrobin", health_interval=120)
+    cluster.stop_backend(cluster.backends[0])
+    assert backend_counts(cluster, 6) == {"ftp2": 6}
+    assert cluster.balancer is not None
+    log = cluster.balancer.log()
+    assert "backend ftp1: backend connect failed: Connection refused; redispatching" in log
+    assert "is DOWN" not in log
+    # With nowhere left to go, the client hears 421 rather than a hang.
+    cluster.stop_backend(cluster.backends[1])
+    assert greeting("127.0.0.1", cluster.balancer_port) == "421 Service not available"
