@@ -390,9 +390,13 @@ def listening(host: str, port: int) -> bool:
         return False
 
 
-def make_cert(directory: Path, name: str = "ftplb-test") -> tuple[Path, Path]:
-    """A self-signed certificate and key (PEM) made with openssl."""
-    cert, key = directory / "cert.pem", directory / "key.pem"
+def make_cert(
+    directory: Path, name: str = "ftplb-test", ips: tuple[str, ...] = ()
+) -> tuple[Path, Path]:
+    """A self-signed certificate and key (PEM) made with openssl; with `ips`, valid
+    for those addresses (its own CA, for clients that verify)."""
+    cert, key = directory / f"{name}.cert.pem", directory / f"{name}.key.pem"
+    san = ["-addext", "subjectAltName=" + ",".join(f"IP:{ip}" for ip in ips)] if ips else []
     subprocess.run(
         [
             "openssl",
@@ -405,6 +409,7 @@ def make_cert(directory: Path, name: str = "ftplb-test") -> tuple[Path, Path]:
             "2",
             "-subj",
             f"/CN={name}",
+            *san,
             "-keyout",
             str(key),
             "-out",

@@ -61,11 +61,6 @@ class Runtime:
         self._reload_lock = asyncio.Lock()
 
     async def start(self) -> None:
-        if self.config.tls.backend_tls != "off" and self.config.balancer.mode == "inspect":
-            log.warning(
-                'tls.backend_tls = "%s" is not implemented yet: backends get plain FTP',
-                self.config.tls.backend_tls,
-            )
         # The first round runs before we accept anyone: no client meets a dead backend.
         await self.health.first_round()
         try:

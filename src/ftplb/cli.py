@@ -139,12 +139,23 @@ def _tls_plan(config: Config) -> list[str]:
     t = config.tls
     b = config.balancer
     if b.mode == "routed":
+        ignored = []
+        if t.backend_tls != "off":
+            ignored = [
+                "warning: tls.backend_tls is for inspect mode; routed mode passes TLS through"
+            ]
         if t.implicit_listen is None:
-            return ["tls: passed through untouched (explicit AUTH TLS on the control port)"]
+            return [
+                "tls: passed through untouched (explicit AUTH TLS on the control port)",
+                *ignored,
+            ]
         targets = ", ".join(f"{x.name} {x.implicit_address}" for x in config.backends)
-        return [f"tls: passed through; implicit FTPS on {t.implicit_listen} -> {targets}"]
+        return [f"tls: passed through; implicit FTPS on {t.implicit_listen} -> {targets}", *ignored]
     if not t.cert:
-        return ["tls: off (AUTH TLS gets 502; set [tls] cert and key to terminate FTPS here)"]
+        return [
+            "tls: off (AUTH TLS gets 502; set [tls] cert and key to terminate FTPS here)",
+            *_backend_tls_plan(config),
+        ]
     lines = [
         f"tls: terminated here with {t.cert}, TLS {t.min_version}+, handshake timeout "
         f"{t.handshake_timeout:g}s, {'required' if t.required else 'optional'}, data session "
@@ -152,12 +163,19 @@ def _tls_plan(config: Config) -> list[str]:
     ]
     if t.implicit_listen is not None:
         lines.append(f"tls: implicit FTPS on {t.implicit_listen}")
-    if t.backend_tls != "off":
-        lines.append(
-            f'warning: tls.backend_tls = "{t.backend_tls}" is not implemented yet: '
-            "backends get plain FTP"
-        )
-    return lines
+    return lines + _backend_tls_plan(config)
+
+
+def _backend_tls_plan(config: Config) -> list[str]:
+    t = config.tls
+    if t.backend_tls == "off":
+        return ["tls to backends: off (plain FTP)"]
+    when = "always" if t.backend_tls == "on" else "when the client uses TLS"
+    if not t.backend_verify:
+        trust = "certificates NOT verified (backend_verify = false)"
+    else:
+        trust = f"certificates verified against {t.backend_ca or 'the system CAs'}"
+    return [f"tls to backends: {when}, AUTH TLS + PROT P, data sessions resumed; {trust}"]
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -448,6 +448,8 @@ def _parse_tls(t: _Table) -> TlsConfig:
         raise t.error("cert", "required when required = true")
     if cfg.cert:
         _check_certificate(t, cfg.cert, cfg.key)
+    if cfg.backend_ca:
+        _check_ca(t, cfg.backend_ca)
     t.finish()
     return cfg
 
@@ -463,6 +465,17 @@ def _check_certificate(t: _Table, cert: str, key: str) -> None:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key or None)
     except (ssl.SSLError, OSError) as exc:
         raise t.error("cert", f"{cert}: not a usable certificate and key ({exc})") from None
+
+
+def _check_ca(t: _Table, path: str) -> None:
+    import ssl
+
+    if not os.access(path, os.R_OK):
+        raise t.error("backend_ca", f"cannot read {path}")
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, OSError) as exc:
+        raise t.error("backend_ca", f"{path}: not a usable CA file ({exc})") from None
 
 
 def _parse_admin(t: _Table) -> AdminConfig:

@@ -179,6 +179,19 @@ BAD = [
     ("[balancer]", "[health]\nrise = 0\n[balancer]", "health.rise", "out of range"),
     ("[balancer]", "[helth]\nrise = 1\n[balancer]", "helth", "unknown key"),
     ("[balancer]", '[admin]\nlisten = "nowhere"\n[balancer]', "admin.listen", "not HOST:PORT"),
+    ("[balancer]", '[tls]\nbackend_tls = "yes"\n[balancer]', "tls.backend_tls", "not one of"),
+    (
+        "[balancer]",
+        '[tls]\nbackend_ca = "/nonexistent/ca.pem"\n[balancer]',
+        "tls.backend_ca",
+        "cannot read /nonexistent/ca.pem",
+    ),
+    (
+        "[balancer]",
+        '[tls]\nbackend_ca = "/etc/passwd"\n[balancer]',
+        "tls.backend_ca",
+        "not a usable CA file",
+    ),
     ('name = "ftp-serv01"\n', "", "backends[1].name", "required"),
 ]
 

@@ -12,8 +12,10 @@ import asyncio
 import logging
 import socket
 import ssl
+from asyncio.sslproto import SSLProtocol
 from collections.abc import Callable, Coroutine
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 from ftplb.config import PortRange
 from ftplb.io.relay import Relay, client_addresses
@@ -21,6 +23,39 @@ from ftplb.proto import proxy_protocol
 from ftplb.proto.addresses import same_host
 
 log = logging.getLogger("ftplb.data")
+
+
+@dataclass(frozen=True)
+class BackendTLS:
+    """TLS toward the backend on a data connection (we are the TLS client)."""
+
+    context: ssl.SSLContext
+    control: ssl.SSLObject
+    """The backend control connection: its session is resumed, as careful servers
+    (vsftpd's require_ssl_reuse) insist. Read at connect time, after TLS 1.3 tickets."""
+    hostname: str
+    handshake_timeout: float
+
+
+class _Resuming:
+    """What asyncio's SSLProtocol needs of a context (`wrap_bio`), with a session.
+    start_tls and create_connection have no `session` argument; SSLObjects
+    must come from the context that made the session, so we cannot copy it."""
+
+    def __init__(self, context: ssl.SSLContext, session: ssl.SSLSession | None) -> None:
+        self.context = context
+        self.session = session
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+    ) -> ssl.SSLObject:
+        return self.context.wrap_bio(
+            incoming, outgoing, server_side, server_hostname, session=self.session
+        )
 
 
 class DataPorts:
@@ -54,11 +89,19 @@ class DataChannel:
         handshake_timeout: float = 10.0,
         on_refused: Callable[[str], None] | None = None,
         on_fail: Callable[[], None] | None = None,
+        backend_tls: BackendTLS | None = None,
+        control_addresses: tuple[tuple[str, int], tuple[str, int]] | None = None,
     ) -> None:
         self.label = label
         self.proxy_version = proxy_version
         self.tls = tls
         """Set for PROT P: the client's side is TLS, with us as the TLS server."""
+        self.backend_tls = backend_tls
+        """Set when the backend's side is TLS too (backend_tls with PROT P)."""
+        self.control_addresses = control_addresses
+        """The control connection's (client, local): the PROXY header of a TLS
+        backend connection made before the client's data connection exists."""
+        self._header_sent = False
         self.require_reuse = require_reuse
         self.handshake_timeout = handshake_timeout
         self._on_refused = on_refused
@@ -174,7 +217,10 @@ class DataChannel:
         if self.relay is None:
             self.relay = Relay(self._relay_closed)
         relay = self.relay
-        self._spawn(self._connect(lambda: relay.backend, backend, None))
+        if self.backend_tls is not None:
+            self._spawn(self._connect_tls_backend(relay, backend, self.backend_tls))
+        else:
+            self._spawn(self._connect(lambda: relay.backend, backend, None))
 
     def connect_client(self, target: tuple[str, int], source_host: str) -> None:
         if self.relay is None:
@@ -223,17 +269,74 @@ class DataChannel:
             return
         self._maybe_start()
 
+    async def _connect_tls_backend(
+        self, relay: Relay, address: tuple[str, int], tls: BackendTLS
+    ) -> None:
+        """Connect, send the PROXY header in the clear, then a TLS handshake that
+        resumes the backend control session; the endpoint sees only plaintext."""
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            async with asyncio.timeout(10):
+                await loop.sock_connect(sock, address)
+            header = self._proxy_header()
+            if header:
+                await loop.sock_sendall(sock, header)
+                self._header_sent = True
+            handshake: asyncio.Future[None] = loop.create_future()
+            protocol = SSLProtocol(
+                loop,
+                relay.backend,
+                cast(ssl.SSLContext, _Resuming(tls.context, tls.control.session)),
+                handshake,
+                server_hostname=tls.hostname,
+                ssl_handshake_timeout=tls.handshake_timeout,  # type: ignore[arg-type]
+            )
+            raw, _ = await loop.create_connection(lambda: protocol, sock=sock)
+        except BaseException as exc:
+            sock.close()
+            if not isinstance(exc, (OSError, TimeoutError)):
+                raise
+            log.warning("%s: data connect to %s:%d failed: %s", self.label, *address, exc)
+            self.close()
+            return
+        try:
+            await handshake
+        except BaseException as exc:
+            raw.abort()
+            if not isinstance(exc, (OSError, TimeoutError, ConnectionError, ssl.SSLError)):
+                raise
+            log.warning("%s: TLS to backend data port %d failed: %s", self.label, address[1], exc)
+            self.close()
+            return
+        transport = relay.backend.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        if ssl_object is not None and not ssl_object.session_reused:
+            log.info("%s: the backend did not resume our TLS session on its data port", self.label)
+        self._maybe_start()
+
+    def _proxy_header(self) -> bytes:
+        """The backend learns the client's data-connection address (or, before that
+        connection exists, the control connection's)."""
+        if self.proxy_version == "off":
+            return b""
+        relay = self.relay
+        if relay is not None and relay.client.transport is not None:
+            peer, local = client_addresses(relay.client.transport)
+        elif self.control_addresses is not None:
+            peer, local = self.control_addresses
+        else:
+            return b""
+        return proxy_protocol.encode(self.proxy_version, peer, local)
+
     def _maybe_start(self) -> None:
         relay = self.relay
         if relay is None or self.closed or self._opened or not relay.connected:
             return
         self._opened = True
-        header = b""
-        if self.proxy_version != "off" and relay.client.transport is not None:
-            # The backend learns the client's data-connection address.
-            peer, local = client_addresses(relay.client.transport)
-            header = proxy_protocol.encode(self.proxy_version, peer, local)
-        relay.start(header)
+        relay.start(b"" if self._header_sent else self._proxy_header())
         self._on_open()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

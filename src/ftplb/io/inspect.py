@@ -18,7 +18,7 @@ from typing import Any, cast
 from ftplb.balancer.guard import LoginGuard
 from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config, HostPort
-from ftplb.io.data import DataChannel, DataPorts
+from ftplb.io.data import BackendTLS, DataChannel, DataPorts
 from ftplb.io.relay import HIGH_WATER, LOW_WATER, client_addresses, enable_keepalive
 from ftplb.proto import proxy_protocol
 from ftplb.proto.ftp import reply
@@ -36,6 +36,7 @@ from ftplb.proto.session import (
     SendBackend,
     SendClient,
     SessionSettings,
+    StartBackendTLS,
     StartClientTLS,
     Transferred,
 )
@@ -92,6 +93,8 @@ class ControlSession:
         self.client = _Side(self, True)
         self.backend_side: _Side | None = None
         self.backend: Backend | None = None
+        self.backend_ssl: ssl.SSLObject | None = None
+        """The backend control connection's TLS, once `backend_tls` has started it."""
         self.core: InspectSession | None = None
         self.client_addr: tuple[str, int] = ("", 0)
         self.local_addr: tuple[str, int] = ("", 0)
@@ -143,6 +146,7 @@ class ControlSession:
                 tls=self.balancer.tls is not None,
                 tls_required=self.balancer.config.tls.required,
                 implicit_tls=self.implicit,
+                backend_tls=self.balancer.config.tls.backend_tls,
             )
         )
         self.run(self.core.start(self.loop.time()))
@@ -186,10 +190,10 @@ class ControlSession:
                 self._connect_backend(user)
             case Close(reason):
                 self.close(reason)
-            case ListenData(backend, client_ip, tls):
-                self._listen(backend, client_ip, tls)
-            case ConnectBackendData(backend):
-                self._new_channel().connect_backend(backend)
+            case ListenData(backend, client_ip, tls, backend_tls):
+                self._listen(backend, client_ip, tls, backend_tls)
+            case ConnectBackendData(backend, backend_tls):
+                self._new_channel(backend_tls=backend_tls).connect_backend(backend)
             case ConnectClientData(target, tls):
                 channel = self.data if self.data is not None else self._new_channel()
                 channel.tls = self.balancer.tls if tls else None
@@ -200,6 +204,10 @@ class ControlSession:
                 if self.client.transport is not None:
                     self.client.transport.pause_reading()
                 self._spawn(self._start_tls())
+            case StartBackendTLS():
+                if self.backend_side is not None and self.backend_side.transport is not None:
+                    self.backend_side.transport.pause_reading()
+                self._spawn(self._start_backend_tls())
             case CloseData():
                 self._close_data()
             case LoginResult(ok, user):
@@ -297,7 +305,7 @@ class ControlSession:
 
     # -- data channels
 
-    def _new_channel(self, tls: bool = False) -> DataChannel:
+    def _new_channel(self, tls: bool = False, backend_tls: bool = False) -> DataChannel:
         self._close_data()
         label = f"{self.who()} backend={self.backend.name if self.backend else '-'}"
         version = "off"
@@ -315,9 +323,54 @@ class ControlSession:
             handshake_timeout=t.handshake_timeout,
             on_refused=self._data_refused,
             on_fail=self._data_failed,
+            backend_tls=self._backend_data_tls() if backend_tls else None,
+            control_addresses=(self.client_addr, self.local_addr),
         )
         self.data = channel
         return channel
+
+    def _backend_data_tls(self) -> BackendTLS | None:
+        context = self.balancer.backend_tls
+        if context is None or self.backend_ssl is None or self.backend is None:
+            return None
+        return BackendTLS(
+            context,
+            self.backend_ssl,
+            self.backend.config.address.host,
+            self.balancer.config.tls.handshake_timeout,
+        )
+
+    async def _start_backend_tls(self) -> None:
+        """The backend said 234: we become its TLS client, verifying its certificate."""
+        side = self.backend_side
+        context = self.balancer.backend_tls
+        assert side is not None and side.transport is not None and self.backend is not None
+        if context is None:  # backend_tls is off: the core never asks
+            self.run(self._core().backend_tls_failed("no TLS client context"))
+            return
+        try:
+            secured = await self.loop.start_tls(
+                side.transport,
+                side,
+                context,
+                server_hostname=self.backend.config.address.host,
+                ssl_handshake_timeout=self.balancer.config.tls.handshake_timeout,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            reason = str(exc) or type(exc).__name__
+            log.warning("%s: TLS to backend %s failed: %s", self.who(), self.backend.name, reason)
+            if not self.closed:
+                self.run(self._core().backend_tls_failed(f"handshake failed: {reason}"))
+            return
+        if secured is None or self.closed:
+            return
+        side.transport = secured
+        self.backend_ssl = secured.get_extra_info("ssl_object")
+        self.run(self._core().backend_tls_ready())
+
+    def _core(self) -> InspectSession:
+        assert self.core is not None
+        return self.core
 
     def _data_failed(self) -> None:
         if self.core is not None and not self.closed:
@@ -349,8 +402,10 @@ class ControlSession:
             return
         self.client.transport = secured
 
-    def _listen(self, backend: tuple[str, int], client_ip: str, tls: bool = False) -> None:
-        channel = self._new_channel(tls)
+    def _listen(
+        self, backend: tuple[str, int], client_ip: str, tls: bool, backend_tls: bool
+    ) -> None:
+        channel = self._new_channel(tls, backend_tls)
         b = self.balancer.config.balancer
 
         async def go() -> None:
@@ -460,6 +515,7 @@ class InspectBalancer:
         self.data_connections: Counter[str] = Counter()
         self.transfers: Counter[str] = Counter()
         self.tls = server_context(config) if config.tls.cert else None
+        self.backend_tls = backend_context(config) if config.tls.backend_tls != "off" else None
         self._prune_timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
@@ -598,4 +654,20 @@ def server_context(config: Config) -> ssl.SSLContext:
         ssl.TLSVersion.TLSv1_3 if t.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     )
     context.load_cert_chain(t.cert, t.key or None)
+    return context
+
+
+def backend_context(config: Config) -> ssl.SSLContext:
+    """The balancer as a TLS client of its backends (one context: its sessions
+    are what the data connections resume)."""
+    t = config.tls
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not t.backend_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif t.backend_ca:
+        context.load_verify_locations(cafile=t.backend_ca)
+    else:
+        context.load_default_certs()
     return context

@@ -5,7 +5,9 @@ decides what each side hears. It answers data-channel negotiation itself: the
 client's PASV/EPSV gets the balancer's own listener (after the backend has
 given its passive address), the client's PORT/EPRT is checked and answered
 here, and toward the backend the session always uses passive mode. Backends
-never see PORT; clients never see a backend address.
+never see PORT; clients never see a backend address. TLS is per side: the
+client's AUTH TLS/PBSZ/PROT are answered here, and with `backend_tls` the
+session sends its own AUTH TLS, PBSZ 0 and PROT P to the backend.
 
 No sockets, no asyncio, no clock: every event method takes `now` where time
 matters and returns the commands for the I/O layer to carry out.
@@ -55,21 +57,31 @@ class StartClientTLS:
 
 
 @dataclass(frozen=True)
+class StartBackendTLS:
+    """The backend said 234 to our AUTH TLS: turn the backend control connection
+    into TLS (we are the client). Answer with `backend_tls_ready` or `backend_tls_failed`."""
+
+
+@dataclass(frozen=True)
 class ListenData:
     """Open a listener for the client's data connection (only `client_ip` may use it);
     join what arrives to `backend`. Answer with `data_listening` or `data_listen_failed`.
-    With `tls`, the client's side is TLS (PROT P)."""
+    With `tls`, the client's side is TLS (PROT P); with `backend_tls`, the backend's
+    side is TLS too, resuming the backend control connection's session."""
 
     backend: tuple[str, int]
     client_ip: str
     tls: bool = False
+    backend_tls: bool = False
 
 
 @dataclass(frozen=True)
 class ConnectBackendData:
-    """Active mode, step 1: connect to the backend's passive address."""
+    """Active mode, step 1: connect to the backend's passive address (over TLS
+    with `tls`, resuming the backend control connection's session)."""
 
     backend: tuple[str, int]
+    tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,6 +128,7 @@ Cmd = (
     | ConnectBackendData
     | ConnectClientData
     | StartClientTLS
+    | StartBackendTLS
     | CloseData
     | LoginResult
     | Log
@@ -141,13 +154,16 @@ class SessionSettings:
     """Refuse USER before AUTH TLS."""
     implicit_tls: bool = False
     """The control connection is TLS from its first byte (port 990)."""
+    backend_tls: str = "off"
+    """TLS toward the backend: "off", "on", or "match" (when the client uses TLS).
+    The session sends AUTH TLS, PBSZ 0 and PROT P itself; the client never sees them."""
 
 
 @dataclass
 class _Pending:
     """What to do with the backend's next final reply."""
 
-    kind: str  # greeting | forward | replay_user | passive
+    kind: str  # greeting | forward | passive | backend_auth | backend_pbsz | backend_prot
     command: Command | None = None
     purpose: str = ""  # passive: "client" or "active"
     verb: str = ""  # passive: what we sent, EPSV or PASV
@@ -191,7 +207,10 @@ class InspectSession:
     _user_line: Command | None = None
     client_tls: bool = False
     prot_private: bool = False
+    backend_tls: bool = False
+    """The backend control connection is TLS, with PROT P: data to it is TLS too."""
     _pbsz: bool = False
+    _greeting_after_tls: Reply | None = None
 
     def __post_init__(self) -> None:
         self._client_lines = LineReader(self.settings.max_line)
@@ -221,6 +240,15 @@ class InspectSession:
     def backend_failed(self, reason: str) -> list[Cmd]:
         self.phase = "closed"
         return [SendClient(reply(421, "Service not available")), Close(reason)]
+
+    def backend_tls_ready(self) -> list[Cmd]:
+        """Our TLS handshake with the backend is done: protect its data channel too."""
+        self._pending.append(_Pending("backend_pbsz"))
+        return [SendBackend(b"PBSZ 0\r\n")]
+
+    def backend_tls_failed(self, reason: str) -> list[Cmd]:
+        self.phase = "closed"
+        return [SendClient(reply(421, "Service not available")), Close(f"backend TLS: {reason}")]
 
     def backend_closed(self) -> list[Cmd]:
         if self.phase == "closed":
@@ -388,7 +416,11 @@ class InspectSession:
             if self.client_tls:
                 return [SendClient(reply(503, "Already using TLS."))]
             self.client_tls = True
-            return [SendClient(reply(234, "AUTH TLS successful.")), StartClientTLS()]
+            out: list[Cmd] = [SendClient(reply(234, "AUTH TLS successful.")), StartClientTLS()]
+            if self.phase == "ready" and self._wants_backend_tls():
+                # match: the client went TLS after the backend greeted; so does the backend.
+                out.extend(self._upgrade_backend(None))
+            return out
         if not self.client_tls:
             return [SendClient(reply(503, f"{cmd.verb} needs AUTH TLS first."))]
         if cmd.verb == "CCC":
@@ -472,8 +504,8 @@ class InspectSession:
         if r.code < 200:
             # Preliminary: the command's final reply is still to come.
             out: list[Cmd] = []
-            if pending is not None and pending.kind == "greeting":
-                return out  # "120 ready in N minutes": wait for the 220
+            if pending is not None and pending.kind != "forward":
+                return out  # "120 ready in N minutes": wait for the final reply
             if pending is not None and pending.target is not None:
                 out.append(ConnectClientData(pending.target, self.prot_private))
                 pending.target = None
@@ -488,6 +520,8 @@ class InspectSession:
             return self._on_greeting(r)
         if pending.kind == "passive":
             return self._on_backend_passive(pending, r)
+        if pending.kind.startswith("backend_"):
+            return self._on_backend_tls_reply(pending, r)
         out = [SendClient(self._scrub(r))]
         cmd = pending.command
         if cmd is not None:
@@ -508,6 +542,41 @@ class InspectSession:
                 Close(f"backend greeted with {r.code}"),
             ]
         self.phase = "ready"
+        if self._wants_backend_tls():
+            # The client hears the greeting (or its USER goes on) once the backend is TLS.
+            return self._upgrade_backend(r)
+        return self._greeted(r)
+
+    def _wants_backend_tls(self) -> bool:
+        mode = self.settings.backend_tls
+        return not self.backend_tls and (mode == "on" or (mode == "match" and self.client_tls))
+
+    def _upgrade_backend(self, greeting: Reply | None) -> list[Cmd]:
+        """AUTH TLS, then (after the handshake) PBSZ 0 and PROT P toward the backend;
+        the client's commands wait."""
+        self._blocked = "backend_tls"
+        self._greeting_after_tls = greeting
+        self._pending.append(_Pending("backend_auth"))
+        return [SendBackend(b"AUTH TLS\r\n")]
+
+    def _on_backend_tls_reply(self, pending: _Pending, r: Reply) -> list[Cmd]:
+        expected = 234 if pending.kind == "backend_auth" else 200
+        if r.code != expected:
+            verb = {"backend_auth": "AUTH TLS", "backend_pbsz": "PBSZ", "backend_prot": "PROT"}
+            return self.backend_tls_failed(f"{verb[pending.kind]} answered {r.code}")
+        if pending.kind == "backend_auth":
+            return [StartBackendTLS()]
+        if pending.kind == "backend_pbsz":
+            self._pending.append(_Pending("backend_prot"))
+            return [SendBackend(b"PROT P\r\n")]
+        self.backend_tls = True
+        greeting, self._greeting_after_tls = self._greeting_after_tls, None
+        if greeting is not None:
+            return self._greeted(greeting)
+        self._unblock()
+        return []
+
+    def _greeted(self, r: Reply) -> list[Cmd]:
         self._unblock()
         if self._user_line is not None:
             # Balancing by user: the client has our greeting already; replay USER.
@@ -555,13 +624,14 @@ class InspectSession:
         backend = (self.backend_host, port)
         if pending.purpose == "client":
             # Stay blocked until the listener is open (data_listening).
-            return [ListenData(backend, self.settings.client[0], self.prot_private)]
+            client_ip = self.settings.client[0]
+            return [ListenData(backend, client_ip, self.prot_private, self.backend_tls)]
         held, self._held_transfer = self._held_transfer, None
         self._unblock()
         assert held is not None
         cmd, target = held
         self._pending.append(_Pending("forward", cmd, target=target))
-        return [ConnectBackendData(backend), SendBackend(cmd.line())]
+        return [ConnectBackendData(backend, self.backend_tls), SendBackend(cmd.line())]
 
     def _scrub(self, r: Reply) -> bytes:
         """The reply as the client gets it: no backend address in it."""

@@ -14,6 +14,8 @@ from ftplb.proto.session import (
     SendBackend,
     SendClient,
     SessionSettings,
+    StartBackendTLS,
+    StartClientTLS,
     Transferred,
 )
 
@@ -211,3 +213,77 @@ def test_held_reply_released_when_the_data_connection_fails() -> None:
     s.client_data(b"PORT 198,51,100,7,156,64\r\nRETR f\r\n", 2)
     s.backend_data(b"229 ok (|||50002|)\r\n150 Opening\r\n426 aborted\r\n", 2)
     assert s.data_failed() == [SendClient(b"426 aborted\r\n"), CloseData()]
+
+
+def test_backend_tls_on_secures_the_backend_before_the_client_hears_the_greeting() -> None:
+    s = session(backend_tls="on")
+    s.start(0)
+    s.backend_connected("ftp1", "10.0.0.5", 0)
+    assert s.client_data(b"USER alice\r\n", 0) == []  # waits, as for any greeting
+    assert s.backend_data(b"220 hi\r\n", 0) == [SendBackend(b"AUTH TLS\r\n")]
+    assert s.backend_data(b"234 go ahead\r\n", 0) == [StartBackendTLS()]
+    assert s.backend_tls_ready() == [SendBackend(b"PBSZ 0\r\n")]
+    assert s.backend_data(b"200 PBSZ=0\r\n", 0) == [SendBackend(b"PROT P\r\n")]
+    # None of this reached the client; now the greeting does, and USER goes on.
+    assert s.backend_data(b"200 PROT now Private\r\n", 0) == [
+        SendClient(b"220 hi\r\n"),
+        SendBackend(b"USER alice\r\n"),
+    ]
+    assert s.backend_tls
+    s.backend_data(b"331 pw\r\n", 1)
+    s.client_data(b"PASS x\r\n", 1)
+    s.backend_data(b"230 in\r\n", 1)
+    # Data toward the backend is TLS too, whatever the client's PROT.
+    s.client_data(b"EPSV\r\n", 2)
+    assert s.backend_data(b"229 ok (|||50001|)\r\n", 2) == [
+        ListenData(("10.0.0.5", 50001), "198.51.100.7", tls=False, backend_tls=True)
+    ]
+    s.data_listening(40000)
+    s.client_data(b"PORT 198,51,100,7,156,64\r\nRETR f\r\n", 3)
+    assert s.backend_data(b"229 ok (|||50002|)\r\n", 3) == [
+        ConnectBackendData(("10.0.0.5", 50002), tls=True),
+        SendBackend(b"RETR f\r\n"),
+    ]
+
+
+def test_backend_tls_match_follows_the_client() -> None:
+    s = ready(backend_tls="match", tls=True)
+    assert not s.backend_tls  # a plain client: a plain backend
+    out = s.client_data(b"AUTH TLS\r\nPBSZ 0\r\n", 2)
+    # The client's 234 and its handshake at once; its next commands wait for the backend's.
+    assert out == [
+        SendClient(b"234 AUTH TLS successful.\r\n"),
+        StartClientTLS(),
+        SendBackend(b"AUTH TLS\r\n"),
+    ]
+    assert s.backend_data(b"234 ok\r\n", 2) == [StartBackendTLS()]
+    s.backend_tls_ready()
+    s.backend_data(b"200 ok\r\n", 2)
+    assert s.backend_data(b"200 ok\r\n", 2) == [SendClient(b"200 PBSZ=0\r\n")]
+    assert s.backend_tls
+
+
+def test_backend_tls_match_with_implicit_tls_client() -> None:
+    s = session(backend_tls="match", tls=True, implicit_tls=True)
+    s.start(0)
+    s.backend_connected("ftp1", "10.0.0.5", 0)
+    assert s.backend_data(b"220 hi\r\n", 0) == [SendBackend(b"AUTH TLS\r\n")]
+
+
+def test_backend_refusing_tls_closes_with_421() -> None:
+    s = session(backend_tls="on")
+    s.start(0)
+    s.backend_connected("ftp1", "10.0.0.5", 0)
+    s.backend_data(b"220 hi\r\n", 0)
+    assert s.backend_data(b"530 TLS not configured\r\n", 0) == [
+        SendClient(b"421 Service not available\r\n"),
+        Close("backend TLS: AUTH TLS answered 530"),
+    ]
+    s = session(backend_tls="on")
+    s.start(0)
+    s.backend_connected("ftp1", "10.0.0.5", 0)
+    s.backend_data(b"220 hi\r\n234 ok\r\n", 0)
+    assert s.backend_tls_failed("handshake failed: certificate verify failed") == [
+        SendClient(b"421 Service not available\r\n"),
+        Close("backend TLS: handshake failed: certificate verify failed"),
+    ]

@@ -1,0 +1,164 @@
+"""Inspect mode with `backend_tls`: the balancer is a TLS client of its backends.
+
+The backends are Debian's vsftpd as installed plus TLS: logins and data must be
+TLS (force_anon_*_ssl) and every data connection must resume the control
+connection's session (require_ssl_reuse=YES). A plain session could not log in
+there, and a data connection that did not resume would be refused: a transfer
+that arrives byte-exact proves both.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import (
+    BACKEND_HOSTS,
+    BALANCER_HOST,
+    Backend,
+    Cluster,
+    make_cert,
+    sha256,
+    wait_for,
+)
+from tests.integration.test_inspect_ftps import MODES, curl
+from tests.integration.test_routed_ftps import ReusingFTP_TLS, tls_context
+
+DATA = os.urandom(1024 * 1024 + 11)
+LOGIN = "anonymous:x"
+
+
+def tls_vsftpd(cluster: Cluster, cert: Path, key: Path, forced: bool) -> Backend:
+    """vsftpd with its own address and passive ports (inspect mode needs no change)
+    and TLS; `forced`: nothing in the clear. Commands are logged (log_ftp_protocol)."""
+    forced_flag = "YES" if forced else "NO"
+    b = cluster.add_vsftpd(
+        unmodified=True,
+        extra=(
+            "ssl_enable=YES",
+            f"rsa_cert_file={cert}",
+            f"rsa_private_key_file={key}",
+            "allow_anon_ssl=YES",
+            f"force_anon_logins_ssl={forced_flag}",
+            f"force_anon_data_ssl={forced_flag}",
+            "require_ssl_reuse=YES",
+            "ssl_ciphers=HIGH",
+            "log_ftp_protocol=YES",
+        ),
+    )
+    (b.root / "data.bin").write_bytes(DATA)
+    incoming = b.root / "incoming"
+    incoming.mkdir()
+    incoming.chmod(0o777)
+    return b
+
+
+def start(
+    cluster: Cluster, tmp_path: Path, backend_tls: str, forced: bool, trust: str = "backend"
+) -> Cluster:
+    backend_cert, backend_key = make_cert(tmp_path, "backend", ips=tuple(BACKEND_HOSTS))
+    cert, key = make_cert(tmp_path, "balancer")
+    for _ in range(2):
+        tls_vsftpd(cluster, backend_cert, backend_key, forced)
+    ca = backend_cert if trust == "backend" else cert
+    cluster.start_balancer(
+        mode="inspect",
+        send_proxy="off",
+        balance="roundrobin",
+        sections={
+            "tls": {
+                "cert": str(cert),
+                "key": str(key),
+                "backend_tls": backend_tls,
+                "backend_ca": str(ca),
+                "handshake_timeout": 5.0,
+            }
+        },
+    )
+    return cluster
+
+
+@pytest.fixture
+def tls_both(cluster: Cluster, tmp_path: Path) -> Cluster:
+    return start(cluster, tmp_path, "on", forced=True)
+
+
+def uploaded(c: Cluster, name: str) -> list[bytes]:
+    found = [b.root / "incoming" / name for b in c.backends]
+    return [p.read_bytes() for p in found if p.exists()]
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_tls_on_both_sides_passive(tls_both: Cluster, mode: str, tmp_path: Path) -> None:
+    url = f"ftp://{LOGIN}@{BALANCER_HOST}:{tls_both.balancer_port}/"
+    flags = ["--ssl-reqd", "--interface", "127.0.0.11", *MODES[mode]]
+    for _ in range(2):  # round robin: both backends
+        assert sha256(curl(*flags, url + "data.bin")) == sha256(DATA)
+    payload = os.urandom(300_001)
+    (tmp_path / "up.bin").write_bytes(payload)
+    curl(*flags, "-T", str(tmp_path / "up.bin"), url + f"incoming/up-{mode}.bin")
+    assert uploaded(tls_both, f"up-{mode}.bin") == [payload]
+
+
+def test_tls_on_both_sides_active(tls_both: Cluster) -> None:
+    with ReusingFTP_TLS(context=tls_context(), timeout=10, source_address=("127.0.0.12", 0)) as ftp:
+        ftp.connect(BALANCER_HOST, tls_both.balancer_port)
+        ftp.login("anonymous", "x")
+        ftp.prot_p()
+        ftp.set_pasv(False)  # PORT to us; toward the backend it is passive, over TLS
+        buf = io.BytesIO()
+        ftp.retrbinary("RETR data.bin", buf.write)
+        assert buf.getvalue() == DATA
+        payload = os.urandom(123_457)
+        ftp.storbinary("STOR incoming/active.bin", io.BytesIO(payload))
+    assert uploaded(tls_both, "active.bin") == [payload]
+
+
+def test_plain_client_tls_backend(tls_both: Cluster) -> None:
+    """backend_tls = "on" with a plain client: the backends, which refuse anything
+    in the clear, still serve it. The client never sees AUTH, PBSZ or PROT."""
+    ftp = ftplib.FTP(timeout=10)
+    ftp.connect(BALANCER_HOST, tls_both.balancer_port)
+    try:
+        assert ftp.getwelcome().startswith("220 backend vsftpd")
+        ftp.login("anonymous", "x")
+        buf = io.BytesIO()
+        ftp.retrbinary("RETR data.bin", buf.write)
+        assert buf.getvalue() == DATA
+    finally:
+        ftp.quit()
+
+
+def test_match_follows_the_client(cluster: Cluster, tmp_path: Path) -> None:
+    c = start(cluster, tmp_path, "match", forced=False)
+    logs = [c.workdir / f"{b.name}.xfer.log" for b in c.backends]
+
+    def auth_count() -> int:
+        return sum(p.read_text().count('"AUTH TLS"') for p in logs if p.exists())
+
+    url = f"ftp://{LOGIN}@{BALANCER_HOST}:{c.balancer_port}/data.bin"
+    assert sha256(curl(url)) == sha256(DATA)
+    assert auth_count() == 0  # a plain client: plain to the backend
+    assert sha256(curl("--ssl-reqd", url)) == sha256(DATA)
+    wait_for(lambda: auth_count() == 1, what="the backend to log AUTH TLS")
+    prot = sum(p.read_text().count('"PROT P"') for p in logs if p.exists())
+    assert prot == 1
+
+
+def test_untrusted_backend_certificate(cluster: Cluster, tmp_path: Path) -> None:
+    """backend_ca that did not sign the backends' certificate: 421 to the client,
+    the reason in the log, no login reaches the backend in the clear."""
+    c = start(cluster, tmp_path, "on", forced=True, trust="other")
+    ftp = ftplib.FTP(timeout=10)
+    with pytest.raises(ftplib.error_temp, match="421"):
+        ftp.connect(BALANCER_HOST, c.balancer_port)
+        ftp.login("anonymous", "x")
+    ftp.close()
+    assert c.balancer is not None
+    log = c.balancer.log
+    wait_for(lambda: "certificate verify failed" in log(), what="the verify failure in the log")
+    assert 'end="backend TLS: handshake failed' in log()
