@@ -29,9 +29,10 @@ def connect(b: Backend, source: str = "127.0.0.1") -> socket.socket:
 
 
 def read_reply(s: socket.socket) -> bytes:
+    """One reply line. Byte by byte: a 150 and its 226 can arrive in one segment."""
     data = b""
     while not data.endswith(b"\r\n"):
-        chunk = s.recv(1024)
+        chunk = s.recv(1)
         if not chunk:
             break
         data += chunk

@@ -26,7 +26,7 @@ from tests.cluster import (
     wait_for,
 )
 from tests.integration.test_inspect_ftps import MODES, curl
-from tests.integration.test_routed_ftps import ReusingFTP_TLS, tls_context
+from tests.integration.test_routed_ftps import ReusingFTP_TLS, lftp_tls_get, tls_context
 
 DATA = os.urandom(1024 * 1024 + 11)
 LOGIN = "anonymous:x"
@@ -116,6 +116,11 @@ def test_tls_on_both_sides_active(tls_both: Cluster) -> None:
         payload = os.urandom(123_457)
         ftp.storbinary("STOR incoming/active.bin", io.BytesIO(payload))
     assert uploaded(tls_both, "active.bin") == [payload]
+
+
+def test_lftp_tls_on_both_sides(tls_both: Cluster, tmp_path: Path) -> None:
+    got = lftp_tls_get(tls_both.balancer_port, "anonymous,x", tmp_path)
+    assert sha256(got) == sha256(DATA)
 
 
 def test_plain_client_tls_backend(tls_both: Cluster) -> None:

@@ -58,6 +58,20 @@ class _Resuming:
         )
 
 
+class _TLSAccept(asyncio.Protocol):
+    """A passive PROT P data connection until its TLS handshake starts."""
+
+    def __init__(self, channel: DataChannel, client_ip: str, backend: tuple[str, int]) -> None:
+        self.channel = channel
+        self.client_ip = client_ip
+        self.backend = backend
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.channel._tls_accepted_raw(
+            cast(asyncio.Transport, transport), self.client_ip, self.backend
+        )
+
+
 class DataPorts:
     """Hands out ports of `data_ports` round-robin, skipping ones in use."""
 
@@ -134,13 +148,11 @@ class DataChannel:
         for port in ports.candidates()[:64]:
             try:
                 self.server = await loop.create_server(
-                    lambda: self._candidate(client_ip, backend).client,
+                    lambda: self._accept_protocol(client_ip, backend),
                     host,
                     port,
                     reuse_address=True,
                     backlog=8,
-                    ssl=self.tls,
-                    ssl_handshake_timeout=self.handshake_timeout if self.tls else None,
                 )
             except OSError as exc:
                 last_error = exc
@@ -153,35 +165,89 @@ class DataChannel:
             return port
         raise last_error or OSError("no free data port")
 
-    def _candidate(self, client_ip: str, backend: tuple[str, int]) -> Relay:
+    def _accept_protocol(self, client_ip: str, backend: tuple[str, int]) -> asyncio.Protocol:
+        if self.tls is not None:
+            return _TLSAccept(self, client_ip, backend)
         relay = Relay(self._relay_closed)
         relay.on_client = lambda: self._accepted(relay, client_ip, backend)
-        return relay
+        return relay.client
+
+    def _admit(self, transport: asyncio.Transport, client_ip: str) -> bool:
+        """Only the session's client, and only once: else refuse and keep listening."""
+        peer, _ = client_addresses(transport)
+        if same_host(peer[0], client_ip) and self.relay is None and not self.closed:
+            return True
+        # PASV hijacking (or a second connection).
+        log.warning(
+            "%s: data connection from %s:%d refused (the session's client is %s)",
+            self.label,
+            peer[0],
+            peer[1],
+            client_ip,
+        )
+        transport.abort()
+        return False
 
     def _accepted(self, relay: Relay, client_ip: str, backend: tuple[str, int]) -> None:
         transport = relay.client.transport
         assert transport is not None
-        peer, _ = client_addresses(transport)
-        if not same_host(peer[0], client_ip) or self.relay is not None or self.closed:
-            # PASV hijacking (or a second connection): refuse, keep listening.
-            log.warning(
-                "%s: data connection from %s:%d refused (the session's client is %s)",
-                self.label,
-                peer[0],
-                peer[1],
-                client_ip,
-            )
+        if not self._admit(transport, client_ip):
             self._refused.add(relay)
-            transport.abort()
-            return
-        if not self._tls_accepted(transport):
-            self._refused.add(relay)
-            transport.abort()
-            self.close()
             return
         self.relay = relay
         self._stop_listening()
         self.connect_backend(backend)
+
+    def _tls_accepted_raw(
+        self, transport: asyncio.Transport, client_ip: str, backend: tuple[str, int]
+    ) -> None:
+        """PROT P, passive: a TCP connection from the client. Connect the backend
+        while the client's handshake runs: vsftpd sends its 150 only once we are
+        connected, and lftp starts its handshake only after the 150."""
+        if not self._admit(transport, client_ip):
+            return
+        relay = self.relay = Relay(self._relay_closed)
+        relay.on_client = lambda: self._handshake_done(relay)
+        # TLS goes in right here: uvloop may hand us the ClientHello even on a
+        # paused transport, so a start_tls task one loop turn later could miss it.
+        assert self.tls is not None
+        loop = asyncio.get_running_loop()
+        handshake: asyncio.Future[None] = loop.create_future()
+        protocol = SSLProtocol(
+            loop,
+            relay.client,
+            self.tls,
+            handshake,
+            server_side=True,
+            ssl_handshake_timeout=self.handshake_timeout,  # type: ignore[arg-type]
+        )
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        self._stop_listening()
+        self.connect_backend(backend)
+        self._spawn(self._server_handshake(transport, handshake))
+
+    async def _server_handshake(
+        self, transport: asyncio.Transport, handshake: asyncio.Future[None]
+    ) -> None:
+        """Wait for the client's handshake (the relay endpoint is made after it)."""
+        try:
+            await handshake
+        except BaseException as exc:
+            transport.abort()
+            if not isinstance(exc, (OSError, TimeoutError, ConnectionError, ssl.SSLError)):
+                raise
+            log.warning("%s: client data TLS handshake failed: %s", self.label, exc)
+            self.close()
+
+    def _handshake_done(self, relay: Relay) -> None:
+        transport = relay.client.transport
+        assert transport is not None
+        if not self._tls_accepted(transport):
+            transport.abort()
+            self.close()
+            return
+        self._maybe_start()
 
     def _tls_accepted(self, transport: asyncio.BaseTransport) -> bool:
         """PROT P with session reuse required: the client must resume the control

@@ -211,6 +211,7 @@ class InspectSession:
     """The backend control connection is TLS, with PROT P: data to it is TLS too."""
     _pbsz: bool = False
     _greeting_after_tls: Reply | None = None
+    _refusal: str = ""
 
     def __post_init__(self) -> None:
         self._client_lines = LineReader(self.settings.max_line)
@@ -312,8 +313,11 @@ class InspectSession:
         return [failed, *self._drain_queue(self._last_activity)]
 
     def data_refused(self, reason: str) -> list[Cmd]:
-        """The client's data connection was refused (a TLS session not resumed, say)."""
-        return [SendClient(reply(522, reason))]
+        """The client's data connection was refused (a TLS session not resumed, say).
+        The backend's side was dropped too, so the transfer fails there: its final
+        reply becomes our 522 (one reply per command, whenever the client sent it)."""
+        self._refusal = reason
+        return []
 
     def data_opened(self, now: float) -> list[Cmd]:
         self.data_open += 1
@@ -460,6 +464,7 @@ class InspectSession:
             if ":" in self.settings.public_address or ":" in self.settings.client[0]:
                 return [SendClient(reply(425, "PASV is IPv4 only here; use EPSV."))]
         self._active_target = None
+        self._refusal = ""
         self._client_passive_verb = cmd.verb
         return [CloseData(), *self._ask_backend_passive("client")]
 
@@ -486,6 +491,7 @@ class InspectSession:
                 Log(f"{cmd.verb} to privileged port {port} refused"),
             ]
         self._active_target = (self.settings.client[0], port)
+        self._refusal = ""
         return [CloseData(), SendClient(reply(200, f"{cmd.verb} command successful."))]
 
     def _ask_backend_passive(self, purpose: str) -> list[Cmd]:
@@ -524,6 +530,11 @@ class InspectSession:
             return self._on_backend_tls_reply(pending, r)
         out = [SendClient(self._scrub(r))]
         cmd = pending.command
+        if cmd is not None and cmd.verb in TRANSFER_COMMANDS and self._refusal:
+            out = [SendClient(reply(522, self._refusal)), CloseData()]
+            self._refusal = ""
+            self._transfer = None
+            return out
         if cmd is not None:
             out.extend(self._after_reply(cmd, r))
             if cmd.verb in TRANSFER_COMMANDS and self._client_connecting:

@@ -287,3 +287,25 @@ def test_backend_refusing_tls_closes_with_421() -> None:
         SendClient(b"421 Service not available\r\n"),
         Close("backend TLS: handshake failed: certificate verify failed"),
     ]
+
+
+def test_refused_data_connection_turns_the_transfer_reply_into_522() -> None:
+    s = ready(tls=True)
+    s.client_data(b"EPSV\r\n", 2)
+    s.backend_data(b"229 ok (|||50001|)\r\n", 2)
+    s.data_listening(40000)
+    # The client connects before RETR, without resuming the TLS session: refused.
+    assert s.data_refused("must resume") == []
+    assert s.client_data(b"RETR f\r\n", 3) == [SendBackend(b"RETR f\r\n")]
+    # The backend saw its side dropped; whatever it says, the client hears why.
+    assert s.backend_data(b"150 Opening\r\n", 3) == [SendClient(b"150 Opening\r\n")]
+    assert s.backend_data(b"426 Failure writing network stream.\r\n", 3) == [
+        SendClient(b"522 must resume\r\n"),
+        CloseData(),
+    ]
+    # The next transfer is judged on its own.
+    s.client_data(b"EPSV\r\n", 4)
+    s.backend_data(b"229 ok (|||50002|)\r\n", 4)
+    s.data_listening(40001)
+    s.client_data(b"RETR f\r\n", 4)
+    assert s.backend_data(b"226 done\r\n", 5) == [SendClient(b"226 done\r\n")]
