@@ -190,8 +190,9 @@ async def serve(config: Config, started: Callable[[], None] | None = None) -> in
     admin = None
     if config.admin.listen is not None:
         from ftplb.admin.server import AdminServer
+        from ftplb.admin.source import LocalSource
 
-        admin = AdminServer(runtime)
+        admin = AdminServer(LocalSource(runtime))
         try:
             await admin.start()
         except OSError as exc:

@@ -56,6 +56,13 @@ class PortRange:
     def overlaps(self, other: PortRange) -> bool:
         return self.first <= other.last and other.first <= self.last
 
+    def slice(self, index: int, count: int) -> PortRange:
+        """Part `index` of `count` near-equal consecutive parts (workers' shares)."""
+        size = len(self)
+        start = self.first + size * index // count
+        end = self.first + size * (index + 1) // count - 1
+        return PortRange(start, end)
+
 
 @dataclass(frozen=True)
 class BalancerConfig:
@@ -97,6 +104,16 @@ class BalancerConfig:
     """Inspect mode: seconds a banned address is refused (421)."""
     shutdown_timeout: float = 30.0
     """On SIGTERM: seconds sessions get to finish before they are closed."""
+    workers: int = 0
+    """Worker processes sharing the listeners (SO_REUSEPORT); 0 ("auto" in the
+    file, the default): one per core. The kernel data path runs one."""
+
+    def worker_count(self) -> int:
+        if self.workers:
+            return self.workers
+        if self.data_path == "kernel":
+            return 1  # one nftables table, one owner; the control path is light
+        return max(1, os.cpu_count() or 1)
 
     @property
     def data_host(self) -> str:
@@ -406,13 +423,30 @@ def _parse_balancer(t: _Table) -> BalancerConfig:
         ),
         ban_time=t.number("ban_time", d.ban_time, low=0, high=86400 * 365),
         shutdown_timeout=t.number("shutdown_timeout", d.shutdown_timeout, low=0, high=86400),
+        workers=_workers(t),
     )
+    if cfg.data_path == "kernel" and cfg.workers > 1:
+        raise t.error("workers", 'the kernel data path runs one worker; use 1 or "auto"')
+    if cfg.mode == "inspect" and len(cfg.data_ports) < cfg.worker_count():
+        raise t.error("data_ports", f"fewer ports than workers ({cfg.worker_count()})")
     if cfg.data_path == "kernel" and cfg.mode != "routed":
         raise t.error("data_path", '"kernel" is for mode = "routed"')
     if cfg.balance == "user" and cfg.mode != "inspect":
         raise t.error("balance", '"user" needs mode = "inspect" (routed mode never sees USER)')
     t.finish()
     return cfg
+
+
+def _workers(t: _Table) -> int:
+    """A number, or "auto" (0): one per core."""
+    value = t.get("workers", (int, str), "auto")
+    if isinstance(value, str):
+        if value != "auto":
+            raise t.error("workers", f'expected a number or "auto", got {value!r}')
+        return 0
+    if not 1 <= value <= 256:
+        raise t.error("workers", f"{value} is out of range (1 to 256)")
+    return value
 
 
 def _parse_health(t: _Table) -> HealthConfig:

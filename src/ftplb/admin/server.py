@@ -10,47 +10,22 @@ import hmac
 import logging
 import time
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from ftplb import __version__
-from ftplb.admin.metrics import registry_for
-from ftplb.balancer.pool import Backend
-
-if TYPE_CHECKING:
-    from ftplb.app import Runtime
+from ftplb.admin.metrics import render
+from ftplb.admin.source import Source
 
 log = logging.getLogger("ftplb.admin")
 STATIC = resources.files("ftplb.admin") / "static"
 
 
-def backend_json(b: Backend) -> dict[str, Any]:
-    return {
-        "name": b.name,
-        "address": str(b.config.address),
-        "state": b.state,
-        "up": b.up,
-        "check": {
-            "status": b.last_check,
-            "last_change": b.last_change or None,
-            "failures": b.check_failures_total,
-        },
-        "sessions": {"current": b.sessions, "total": b.sessions_total},
-        "bytes": {"in": b.bytes_in, "out": b.bytes_out},
-        "data_connections": b.data_connections_total,
-        "weight": b.weight,
-        "draining": b.draining,
-        "disabled": b.disabled,
-        "passive_ports": str(b.config.passive_ports) if b.config.passive_ports else None,
-    }
-
-
 class AdminServer:
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.registry = registry_for(runtime)
+    def __init__(self, source: Source) -> None:
+        self.source = source
         self.runner: web.AppRunner | None = None
         app = web.Application(middlewares=[self._auth])
         app.add_routes(
@@ -68,7 +43,7 @@ class AdminServer:
         self.app = app
 
     async def start(self) -> None:
-        listen = self.runtime.config.admin.listen
+        listen = self.source.config.admin.listen
         assert listen is not None
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
@@ -84,7 +59,7 @@ class AdminServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        token = self.runtime.config.admin.token
+        token = self.source.config.admin.token
         if request.method not in ("GET", "HEAD") and token:
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
@@ -112,50 +87,36 @@ class AdminServer:
         return web.Response(text=item.read_text(), content_type=types[suffix])
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
+        body = render(await self.source.snapshot())
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def status(self, request: web.Request) -> web.Response:
-        rt = self.runtime
-        b = rt.config.balancer
+        snap = await self.source.snapshot()
         return web.json_response(
             {
                 "version": __version__,
-                "mode": b.mode,
-                "balance": rt.pool.policy_name,
-                "listen": str(b.listen),
-                "sessions": rt.balancer.control_sessions,
-                "reloads": rt.reloads,
-                "token_required": bool(rt.config.admin.token),
+                **snap["status"],
+                "token_required": bool(self.source.config.admin.token),
                 "time": time.time(),
             }
         )
 
     async def backends(self, request: web.Request) -> web.Response:
-        pool = self.runtime.pool
-        return web.json_response([backend_json(b) for b in [*pool.backends, *pool.retired]])
+        return web.json_response((await self.source.snapshot())["backends"])
 
-    def _find(self, request: web.Request) -> Backend:
-        backend = self.runtime.backend(request.match_info["name"])
+    @staticmethod
+    def _found(backend: dict[str, Any] | None) -> web.Response:
         if backend is None:
             raise web.HTTPNotFound(
                 text='{"error": "no such backend"}', content_type="application/json"
             )
-        return backend
+        return web.json_response(backend)
 
     async def action(self, request: web.Request) -> web.Response:
-        backend = self._find(request)
-        action = request.match_info["action"]
-        if action == "drain":
-            self.runtime.set_drain(backend.name, True)
-        elif action == "enable":
-            self.runtime.set_drain(backend.name, False)
-        else:
-            self.runtime.set_disabled(backend.name)
-        return web.json_response(backend_json(backend))
+        name, action = request.match_info["name"], request.match_info["action"]
+        return self._found(await self.source.act(name, action))
 
     async def weight(self, request: web.Request) -> web.Response:
-        backend = self._find(request)
         try:
             body = await request.json()
             weight = body["weight"] if isinstance(body, dict) else body
@@ -165,9 +126,8 @@ class AdminServer:
             return web.json_response(
                 {"error": 'send {"weight": N} with N from 0 to 256'}, status=400
             )
-        self.runtime.set_weight(backend.name, weight)
-        return web.json_response(backend_json(backend))
+        return self._found(await self.source.weight(request.match_info["name"], weight))
 
     async def reload(self, request: web.Request) -> web.Response:
-        ok, message = await self.runtime.reload()
+        ok, message = await self.source.reload()
         return web.json_response({"ok": ok, "message": message}, status=200 if ok else 400)

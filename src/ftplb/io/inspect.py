@@ -40,6 +40,7 @@ from ftplb.proto.session import (
     StartClientTLS,
     Transferred,
 )
+from ftplb.shared import Shared
 
 log = logging.getLogger("ftplb.session")
 
@@ -499,11 +500,14 @@ class ControlSession:
 class InspectBalancer:
     """Owns inspect mode's control listener, the data port pool and the sessions."""
 
-    def __init__(self, config: Config, pool: Pool) -> None:
+    def __init__(self, config: Config, pool: Pool, shared: Shared | None = None) -> None:
         self.config = config
         self.pool = pool
+        self.shared = shared or Shared()
         b = config.balancer
-        self.ports = DataPorts(b.data_ports)
+        # Each worker listens on its own slice: a data connection reaches the
+        # worker that announced the port.
+        self.ports = DataPorts(b.data_ports.slice(self.shared.worker, self.shared.workers))
         self.guard = LoginGuard(b.max_login_failures, b.login_failure_window, b.ban_time)
         self.servers: list[asyncio.Server] = []
         self.sessions: set[ControlSession] = set()
@@ -578,18 +582,20 @@ class InspectBalancer:
         b = self.config.balancer
         ip = session.client_addr[0]
         now = asyncio.get_running_loop().time()
-        if self.guard.banned(ip, now):
+        if self.guard.banned(ip, now) or self.shared.bans.active(ip, now):
             self.rejected["banned"] += 1
             return "Too many failed logins from your address, try again later."
-        if self.control_sessions >= b.max_sessions:
+        if self.shared.sessions.total("") >= b.max_sessions:
             self.rejected["max_sessions"] += 1
             return "Too many sessions, try again later"
-        if b.max_per_ip and self.per_ip[ip] >= b.max_per_ip:
+        if b.max_per_ip and self.shared.per_ip.total(ip) >= b.max_per_ip:
             self.rejected["max_per_ip"] += 1
             return "Too many sessions from your address."
         self.control_sessions += 1
         self.sessions_total += 1
         self.per_ip[ip] += 1
+        self.shared.sessions.add("", 1)
+        self.shared.per_ip.add(ip, 1)
         return ""
 
     def choose(
@@ -610,7 +616,9 @@ class InspectBalancer:
             log.info("%s logged in on %s", session.who(), where)
             return
         ip = session.client_addr[0]
-        if self.guard.failed(ip, asyncio.get_running_loop().time()):
+        now = asyncio.get_running_loop().time()
+        if self.guard.failed(ip, now):
+            self.shared.bans.extend(ip, now + self.config.balancer.ban_time)
             log.warning(
                 "client %s banned for %gs after %d failed logins",
                 ip,
@@ -623,6 +631,8 @@ class InspectBalancer:
         if session.counted:
             ip = session.client_addr[0]
             self.control_sessions -= 1
+            self.shared.sessions.add("", -1)
+            self.shared.per_ip.add(ip, -1)
             self.per_ip[ip] -= 1
             if self.per_ip[ip] <= 0:
                 del self.per_ip[ip]

@@ -19,6 +19,7 @@ from ftplb.config import Config, HostPort
 from ftplb.io import kernel
 from ftplb.io.relay import Relay, client_addresses, enable_keepalive
 from ftplb.proto import proxy_protocol
+from ftplb.shared import Shared
 
 log = logging.getLogger("ftplb.session")
 
@@ -152,9 +153,10 @@ class Session:
 class RoutedBalancer:
     """Owns the listeners of routed mode and the sessions on them."""
 
-    def __init__(self, config: Config, pool: Pool) -> None:
+    def __init__(self, config: Config, pool: Pool, shared: Shared | None = None) -> None:
         self.config = config
         self.pool = pool
+        self.shared = shared or Shared()
         self.control_server: asyncio.Server | None = None
         self.implicit_server: asyncio.Server | None = None
         self.data_servers: dict[str, list[asyncio.Server]] = {}
@@ -311,6 +313,7 @@ class RoutedBalancer:
             backend.data_connections_total += 1
             self.data_connections["inbound"] += 1
             self._data_by_client[(client_ip, backend.name)] += 1
+            self.shared.data_by_client.add(f"{client_ip}|{backend.name}", 1)
             header = b""
             if backend.config.send_proxy_data:
                 version = self.config.proxy_version(backend.config)
@@ -320,7 +323,7 @@ class RoutedBalancer:
             session.connect(backend, session.local_addr[1], header)
             return
 
-        if self.control_sessions >= self.config.balancer.max_sessions:
+        if self.shared.sessions.total("") >= self.config.balancer.max_sessions:
             self.rejected["max_sessions"] += 1
             session.refuse(TOO_MANY_REPLY, "max_sessions reached")
             return
@@ -331,6 +334,7 @@ class RoutedBalancer:
             return
         session.counted = True
         self.control_sessions += 1
+        self.shared.sessions.add("", 1)
         self.sessions_total += 1
         self._assign(session, backend)
         enable_keepalive(session.relay.client.transport)  # type: ignore[arg-type]
@@ -357,6 +361,7 @@ class RoutedBalancer:
             session.backend = None
             session.counted = False
             self.control_sessions -= 1
+            self.shared.sessions.add("", -1)
             return None
         self._assign(session, other)
         return other
@@ -372,8 +377,10 @@ class RoutedBalancer:
             self._data_by_client[key] -= 1
             if self._data_by_client[key] <= 0:
                 del self._data_by_client[key]
+            self.shared.data_by_client.add(f"{key[0]}|{key[1]}", -1)
         if session.counted and backend is not None:
             self.control_sessions -= 1
+            self.shared.sessions.add("", -1)
             backend.sessions -= 1
         if backend is not None and backend.retired:
             self.retire_when_idle(backend)
@@ -382,4 +389,7 @@ class RoutedBalancer:
     def has_data_connection(self, session: Session) -> bool:
         if session.backend is None:
             return False
-        return self._data_by_client.get((session.client_addr[0], session.backend.name), 0) > 0
+        # Any worker may carry the data connection: ask the shared counters.
+        return (
+            self.shared.data_by_client.total(f"{session.client_addr[0]}|{session.backend.name}") > 0
+        )

@@ -1,0 +1,159 @@
+"""What the admin API reads and changes, as plain data.
+
+`LocalSource` wraps the `Runtime` of this process. With several workers the
+supervisor uses `GroupSource` (ftplb/workers.py), which asks every worker for
+its `snapshot()` and adds them up with `merge`, and sends each change to all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ftplb.balancer.pool import Backend
+from ftplb.config import Config
+from ftplb.io.inspect import InspectBalancer
+
+if TYPE_CHECKING:
+    from ftplb.app import Runtime
+
+Snapshot = dict[str, Any]
+"""{"status": {...}, "backends": [backend_json...], "counters": {...}}"""
+
+ACTIONS = ("drain", "enable", "disable")
+
+
+class Source(Protocol):
+    @property
+    def config(self) -> Config: ...
+
+    async def snapshot(self) -> Snapshot: ...
+
+    async def act(self, name: str, action: str) -> dict[str, Any] | None:
+        """drain | enable | disable; the backend as JSON, None when unknown."""
+
+    async def weight(self, name: str, weight: int) -> dict[str, Any] | None: ...
+
+    async def reload(self) -> tuple[bool, str]: ...
+
+
+def backend_json(b: Backend) -> dict[str, Any]:
+    return {
+        "name": b.name,
+        "address": str(b.config.address),
+        "state": b.state,
+        "up": b.up,
+        "check": {
+            "status": b.last_check,
+            "last_change": b.last_change or None,
+            "failures": b.check_failures_total,
+        },
+        "sessions": {"current": b.sessions, "total": b.sessions_total},
+        "bytes": {"in": b.bytes_in, "out": b.bytes_out},
+        "data_connections": b.data_connections_total,
+        "weight": b.weight,
+        "draining": b.draining,
+        "disabled": b.disabled,
+        "passive_ports": str(b.config.passive_ports) if b.config.passive_ports else None,
+    }
+
+
+def snapshot_of(rt: Runtime) -> Snapshot:
+    b = rt.config.balancer
+    lb = rt.balancer
+    counters: dict[str, Any] = {
+        "rejected": dict(lb.rejected),
+        "data_connections": dict(lb.data_connections),
+    }
+    if isinstance(lb, InspectBalancer):
+        counters["logins"] = dict(lb.logins)
+        counters["transfers"] = dict(lb.transfers)
+        counters["banned"] = lb.guard.banned_count(asyncio.get_running_loop().time())
+    return {
+        "status": {
+            "mode": b.mode,
+            "balance": rt.pool.policy_name,
+            "listen": str(b.listen),
+            "sessions": lb.control_sessions,
+            "reloads": rt.reloads,
+            "workers": 1,
+        },
+        "backends": [backend_json(x) for x in [*rt.pool.backends, *rt.pool.retired]],
+        "counters": counters,
+    }
+
+
+class LocalSource:
+    """This process's Runtime."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+    async def snapshot(self) -> Snapshot:
+        return snapshot_of(self.runtime)
+
+    async def act(self, name: str, action: str) -> dict[str, Any] | None:
+        rt = self.runtime
+        if action == "drain":
+            done = rt.set_drain(name, True)
+        elif action == "enable":
+            done = rt.set_drain(name, False)
+        else:
+            done = rt.set_disabled(name)
+        backend = rt.backend(name)
+        return backend_json(backend) if done and backend is not None else None
+
+    async def weight(self, name: str, weight: int) -> dict[str, Any] | None:
+        backend = self.runtime.backend(name)
+        if backend is None or not self.runtime.set_weight(name, weight):
+            return None
+        return backend_json(backend)
+
+    async def reload(self) -> tuple[bool, str]:
+        return await self.runtime.reload()
+
+
+_SUMMED = (
+    ("sessions", "current"),
+    ("sessions", "total"),
+    ("bytes", "in"),
+    ("bytes", "out"),
+    ("check", "failures"),
+)
+
+
+def merge(snapshots: list[Snapshot]) -> Snapshot:
+    """Several workers' snapshots as one balancer's: counts add up; settings and
+    health come from the first worker (all get the same changes)."""
+    first = snapshots[0]
+    status = dict(first["status"])
+    status["sessions"] = sum(s["status"]["sessions"] for s in snapshots)
+    status["workers"] = len(snapshots)
+    backends: dict[str, dict[str, Any]] = {}
+    for snap in snapshots:
+        for b in snap["backends"]:
+            mine = backends.get(b["name"])
+            if mine is None:
+                backends[b["name"]] = _copy(b)
+                continue
+            for outer, inner in _SUMMED:
+                mine[outer][inner] += b[outer][inner]
+            mine["data_connections"] += b["data_connections"]
+    counters: dict[str, Any] = {}
+    for snap in snapshots:
+        for key, value in snap["counters"].items():
+            if isinstance(value, dict):
+                into = counters.setdefault(key, {})
+                for k, v in value.items():
+                    into[k] = into.get(k, 0) + v
+            else:  # banned addresses: each worker bans on its own count, shared after
+                counters[key] = max(counters.get(key, 0), value)
+    return {"status": status, "backends": list(backends.values()), "counters": counters}
+
+
+def _copy(b: dict[str, Any]) -> dict[str, Any]:
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in b.items()}
