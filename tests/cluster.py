@@ -311,6 +311,8 @@ class Cluster:
             "mode": "routed",
             "balance": "leastconn",
             "send_proxy": "v1",
+            # One process unless a test asks for more (tests/integration/test_workers.py).
+            "workers": 1,
         }
         health = {"check": "ftp", "interval": 0.5, "timeout": 0.5, "rise": 2, "fall": 2}
         per_backend = balancer.pop("backend_options", {})

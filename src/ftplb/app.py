@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import resource
 import signal
+import socket
 from collections.abc import Callable
 
 from ftplb.balancer.pool import Backend, Pool
@@ -18,11 +19,12 @@ from ftplb.io.health import HealthChecker
 from ftplb.io.inspect import InspectBalancer
 from ftplb.io.kernel import KernelDataPathError
 from ftplb.io.routed import RoutedBalancer
+from ftplb.shared import Shared
 
 log = logging.getLogger("ftplb")
 
 # Settings a reload cannot change in place: the listeners are bound to them.
-RESTART_ONLY = ("listen", "mode", "data_listen", "data_ports")
+RESTART_ONLY = ("listen", "mode", "data_listen", "data_ports", "workers")
 
 
 def raise_file_limit() -> int:
@@ -47,15 +49,15 @@ def install_uvloop() -> bool:
 class Runtime:
     """Everything `ftplb run` holds while it runs."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, shared: Shared | None = None) -> None:
         self.config = config
         self.pool = Pool(config.backends, config.balancer.balance)
         self.health = HealthChecker(config, self.pool)
         self.balancer: RoutedBalancer | InspectBalancer
         if config.balancer.mode == "inspect":
-            self.balancer = InspectBalancer(config, self.pool)
+            self.balancer = InspectBalancer(config, self.pool, shared)
         else:
-            self.balancer = RoutedBalancer(config, self.pool)
+            self.balancer = RoutedBalancer(config, self.pool, shared)
         self.stopping = asyncio.Event()
         self.reloads = 0
         self._reload_lock = asyncio.Lock()
@@ -176,9 +178,16 @@ class Runtime:
         await asyncio.sleep(0)
 
 
-async def serve(config: Config, started: Callable[[], None] | None = None) -> int:
-    """Run the balancer until SIGINT/SIGTERM. Returns the exit code."""
-    runtime = Runtime(config)
+async def serve(
+    config: Config,
+    started: Callable[[], None] | None = None,
+    shared: Shared | None = None,
+    supervisor: socket.socket | None = None,
+) -> int:
+    """Run the balancer until SIGINT/SIGTERM. Returns the exit code. As one of
+    several workers (ftplb/workers.py): `shared` state, and the `supervisor`
+    channel instead of an admin server and SIGHUP."""
+    runtime = Runtime(config, shared)
     try:
         await runtime.start()
     except OSError as exc:
@@ -188,7 +197,12 @@ async def serve(config: Config, started: Callable[[], None] | None = None) -> in
         log.error("balancer.data_path = kernel: %s", exc)
         return 2
     admin = None
-    if config.admin.listen is not None:
+    tasks: set[asyncio.Task[None]] = set()
+    if supervisor is not None:
+        from ftplb.workers import answer_supervisor
+
+        tasks.add(asyncio.ensure_future(answer_supervisor(supervisor, runtime)))
+    elif config.admin.listen is not None:
         from ftplb.admin.server import AdminServer
         from ftplb.admin.source import LocalSource
 
@@ -209,9 +223,10 @@ async def serve(config: Config, started: Callable[[], None] | None = None) -> in
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
     up = sum(b.up for b in runtime.pool.backends)
-    log.info("ready: %d of %d backends up", up, len(runtime.pool.backends))
+    if supervisor is None:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        log.info("ready: %d of %d backends up", up, len(runtime.pool.backends))
     if started is not None:
         started()
     try:
@@ -220,6 +235,9 @@ async def serve(config: Config, started: Callable[[], None] | None = None) -> in
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await runtime.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if admin is not None:
             await admin.stop()
     return 0

@@ -69,6 +69,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     limit = raise_file_limit()
     uv = install_uvloop()
     log.info("ftplb %s, %s, file limit %d", __version__, "uvloop" if uv else "asyncio", limit)
+    if config.balancer.worker_count() > 1:
+        from ftplb import workers
+
+        return workers.run(config)
     return asyncio.run(serve(config))
 
 

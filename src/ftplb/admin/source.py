@@ -8,6 +8,7 @@ its `snapshot()` and adds them up with `merge`, and sends each change to all.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ftplb.balancer.pool import Backend
@@ -77,6 +78,9 @@ def snapshot_of(rt: Runtime) -> Snapshot:
             "sessions": lb.control_sessions,
             "reloads": rt.reloads,
             "workers": 1,
+            "processes": [
+                {"pid": os.getpid(), "sessions": lb.control_sessions, "total": lb.sessions_total}
+            ],
         },
         "backends": [backend_json(x) for x in [*rt.pool.backends, *rt.pool.retired]],
         "counters": counters,
@@ -133,6 +137,7 @@ def merge(snapshots: list[Snapshot]) -> Snapshot:
     status = dict(first["status"])
     status["sessions"] = sum(s["status"]["sessions"] for s in snapshots)
     status["workers"] = len(snapshots)
+    status["processes"] = [p for s in snapshots for p in s["status"]["processes"]]
     backends: dict[str, dict[str, Any]] = {}
     for snap in snapshots:
         for b in snap["backends"]:

@@ -525,8 +525,14 @@ class InspectBalancer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         listen = self.config.balancer.listen
+        reuse_port = self.shared.workers > 1  # each worker binds; the kernel spreads
         server = await loop.create_server(
-            self._factory, listen.host, listen.port, reuse_address=True, backlog=512
+            self._factory,
+            listen.host,
+            listen.port,
+            reuse_address=True,
+            reuse_port=reuse_port,
+            backlog=512,
         )
         self.servers.append(server)
         implicit = self.config.tls.implicit_listen
@@ -538,6 +544,7 @@ class InspectBalancer:
                     implicit.host,
                     implicit.port,
                     reuse_address=True,
+                    reuse_port=reuse_port,
                     backlog=512,
                     ssl=self.tls,
                     ssl_handshake_timeout=self.config.tls.handshake_timeout,

@@ -220,7 +220,14 @@ class RoutedBalancer:
             server.close()
 
     async def _listen(self, loop: asyncio.AbstractEventLoop, at: HostPort, factory: Any) -> Any:
-        return await loop.create_server(factory, at.host, at.port, reuse_address=True, backlog=512)
+        return await loop.create_server(
+            factory,
+            at.host,
+            at.port,
+            reuse_address=True,
+            reuse_port=self.shared.workers > 1,  # each worker binds; the kernel spreads
+            backlog=512,
+        )
 
     def _control_factory(self) -> Any:
         session = Session(self, "control", None)

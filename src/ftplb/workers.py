@@ -1,0 +1,272 @@
+"""`ftplb run` with several worker processes.
+
+The supervisor forks the workers before any event loop exists. Each worker is
+a whole balancer (`app.serve`): it binds the listeners with SO_REUSEPORT, so
+the kernel spreads new connections across workers; it runs its own health
+checks; in inspect mode it owns one slice of `data_ports`, so a data
+connection reaches the worker that announced the port. Limits that must hold
+across workers (max_sessions, max_per_ip, bans, "is this routed session's data
+still moving") use the counters in ftplb/shared.py. leastconn counts each
+worker's own sessions: the kernel's even spread makes the sum balanced to
+within about one session per worker and backend (docs/performance.md).
+
+The supervisor keeps a socketpair to each worker. Over it (one JSON object per
+line, one question at a time) it asks for snapshots, which the admin API adds
+up, and passes on drain/enable/disable/weight and reload. It forwards SIGTERM,
+turns SIGHUP into a reload of every worker, and stops everything if a worker
+dies (systemd's Restart= brings the whole balancer back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+from typing import TYPE_CHECKING, Any
+
+from ftplb.admin.source import LocalSource, Snapshot, merge, snapshot_of
+from ftplb.config import Config, load_config
+from ftplb.errors import ConfigError
+from ftplb.shared import Shared
+
+if TYPE_CHECKING:
+    from ftplb.app import Runtime
+
+log = logging.getLogger("ftplb")
+
+
+# -- in a worker ------------------------------------------------------------------
+
+
+async def answer_supervisor(sock: socket.socket, runtime: Runtime) -> None:
+    """Answer the supervisor's questions until it goes away, then stop."""
+    reader, writer = await asyncio.open_connection(sock=sock)
+    local = LocalSource(runtime)
+    try:
+        while line := await reader.readline():
+            request = json.loads(line)
+            writer.write(json.dumps(await _answer(local, runtime, request)).encode() + b"\n")
+            await writer.drain()
+    except (ConnectionError, ValueError) as exc:
+        log.error("worker: supervisor channel failed: %s", exc)
+    finally:
+        writer.close()
+        runtime.stopping.set()  # no supervisor: nobody would stop us
+
+
+async def _answer(local: LocalSource, runtime: Runtime, request: dict[str, Any]) -> Any:
+    op = request.get("op")
+    if op == "state":
+        return snapshot_of(runtime)
+    if op == "act":
+        return await local.act(request["name"], request["action"])
+    if op == "weight":
+        return await local.weight(request["name"], request["weight"])
+    if op == "reload":
+        return list(await local.reload())
+    return {"error": f"unknown op {op!r}"}
+
+
+# -- in the supervisor --------------------------------------------------------------
+
+
+class Worker:
+    def __init__(self, index: int, pid: int, sock: socket.socket) -> None:
+        self.index = index
+        self.pid = pid
+        self.sock = sock
+        self.exit_code: int | None = None
+        self._lock = asyncio.Lock()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def ask(self, request: dict[str, Any]) -> Any:
+        async with self._lock:
+            if self._reader is None or self._writer is None:
+                self._reader, self._writer = await asyncio.open_connection(sock=self.sock)
+            self._writer.write(json.dumps(request).encode() + b"\n")
+            await self._writer.drain()
+            line = await self._reader.readline()
+            if not line:
+                raise ConnectionError(f"worker {self.index} (pid {self.pid}) is gone")
+            return json.loads(line)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        else:
+            self.sock.close()
+
+    def reap(self) -> bool:
+        """True once the process has exited (its code in `exit_code`)."""
+        if self.exit_code is not None:
+            return True
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            self.exit_code = 1
+            return True
+        if pid == 0:
+            return False
+        self.exit_code = os.waitstatus_to_exitcode(status)
+        return True
+
+
+class GroupSource:
+    """The admin API's view of all workers (admin/source.py `Source`)."""
+
+    def __init__(self, config: Config, workers: list[Worker]) -> None:
+        self._config = config
+        self.workers = workers
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    async def _all(self, request: dict[str, Any]) -> list[Any]:
+        return list(await asyncio.gather(*(w.ask(request) for w in self.workers)))
+
+    async def snapshot(self) -> Snapshot:
+        return merge(await self._all({"op": "state"}))
+
+    async def _backend(self, name: str) -> dict[str, Any] | None:
+        found = [b for b in (await self.snapshot())["backends"] if b["name"] == name]
+        return found[0] if found else None
+
+    async def act(self, name: str, action: str) -> dict[str, Any] | None:
+        answers = await self._all({"op": "act", "name": name, "action": action})
+        return await self._backend(name) if any(answers) else None
+
+    async def weight(self, name: str, weight: int) -> dict[str, Any] | None:
+        answers = await self._all({"op": "weight", "name": name, "weight": weight})
+        return await self._backend(name) if any(answers) else None
+
+    async def reload(self) -> tuple[bool, str]:
+        try:
+            # Checked here first: an invalid file reaches no worker.
+            new = load_config(self._config.path)
+        except ConfigError as exc:
+            log.error("reload rejected, configuration unchanged: %s", exc)
+            return False, str(exc)
+        self._config = new
+        answers = await self._all({"op": "reload"})
+        ok = all(a[0] for a in answers)
+        return ok, str(answers[0][1]) + f" ({len(answers)} workers)"
+
+
+def run(config: Config) -> int:
+    """Fork the workers, then supervise them. Returns the exit code."""
+    from ftplb.app import serve
+
+    count = config.balancer.worker_count()
+    shared = Shared(count)
+    workers: list[Worker] = []
+    for index in range(count):
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                ours.close()
+                for w in workers:
+                    w.sock.close()
+                shared.set_worker(index)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads come from the supervisor
+                code = asyncio.run(serve(config, shared=shared, supervisor=theirs))
+            except BaseException:
+                log.exception("worker %d failed", index)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        theirs.close()
+        workers.append(Worker(index, pid, ours))
+    return asyncio.run(supervise(config, workers))
+
+
+async def supervise(config: Config, workers: list[Worker]) -> int:
+    loop = asyncio.get_running_loop()
+    source = GroupSource(config, workers)
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        # A worker answers once its listeners are open and its first health round is done.
+        first = await source.snapshot()
+    except (ConnectionError, OSError, ValueError):
+        log.error("a worker could not start; stopping")
+        await _stop(workers, config.balancer.shutdown_timeout)
+        codes = [w.exit_code for w in workers if w.exit_code]
+        return max(codes) if codes else 1
+    admin = None
+    if config.admin.listen is not None:
+        from ftplb.admin.server import AdminServer
+
+        admin = AdminServer(source)
+        try:
+            await admin.start()
+        except OSError as exc:
+            log.error("admin.listen %s: %s", config.admin.listen, exc)
+            await _stop(workers, config.balancer.shutdown_timeout)
+            return 2
+    reloads: set[asyncio.Task[tuple[bool, str]]] = set()
+
+    def reloaded(task: asyncio.Task[tuple[bool, str]]) -> None:
+        reloads.discard(task)
+        if not task.cancelled():
+            log.info("SIGHUP: %s", task.result()[1])
+
+    def on_hup() -> None:
+        task = asyncio.ensure_future(source.reload())
+        reloads.add(task)
+        task.add_done_callback(reloaded)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    up = sum(b["up"] for b in first["backends"])
+    log.info(
+        "ready: %d of %d backends up, %d workers (pids %s)",
+        up,
+        len(first["backends"]),
+        len(workers),
+        " ".join(str(w.pid) for w in workers),
+    )
+    died = False
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), 0.5)
+        for w in workers:
+            if not stopping.is_set() and w.reap():
+                log.error(
+                    "worker %d (pid %d) exited with %s; stopping", w.index, w.pid, w.exit_code
+                )
+                died = True
+                stopping.set()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.remove_signal_handler(sig)
+    if admin is not None:
+        await admin.stop()
+    await _stop(workers, source.config.balancer.shutdown_timeout)
+    return 1 if died else 0
+
+
+async def _stop(workers: list[Worker], timeout: float) -> None:
+    """SIGTERM (each worker then stops gracefully), SIGKILL after `timeout` + 5 s."""
+    for w in workers:
+        if not w.reap():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w.pid, signal.SIGTERM)
+    deadline = asyncio.get_running_loop().time() + timeout + 5
+    while not all(w.reap() for w in workers):
+        if asyncio.get_running_loop().time() > deadline:
+            for w in workers:
+                if not w.reap():
+                    log.warning("worker %d (pid %d) did not stop: killed", w.index, w.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(w.pid, signal.SIGKILL)
+            deadline += 5
+        await asyncio.sleep(0.1)
+    for w in workers:
+        w.close()
