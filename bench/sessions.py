@@ -4,8 +4,9 @@
 
 Sessions per second: each of 1, 16 or 64 concurrent clients loops over
 connect, USER/PASS, LIST of a small directory, QUIT, for a fixed time; rows
-for a backend reached directly, through ftplb routed mode and through HAProxy
-running `ftplb render haproxy`'s config, interleaved. Backends: three
+for a backend reached directly, through ftplb routed mode (one process, and
+`workers = 2`) and through HAProxy running `ftplb render haproxy`'s config
+(HAProxy 2.6 runs one thread per core by default), interleaved. Backends: three
 `ftplb backend`s (pyftpdlib); the direct row shows what they manage alone.
 
 Idle sessions: N control connections held open through ftplb and through
@@ -141,11 +142,26 @@ def main() -> int:
             for n in range(5):
                 (b.root / f"f{n}.txt").write_text("x" * 100)
         c.start_balancer(send_proxy="off", balance="leastconn")
+        # The same balancer with two worker processes, on its own address
+        # (routed mode binds the passive ports there too; EPSV clients follow).
+        port2 = free_ports(1, "127.0.0.3")
+        config2 = Path(tmp) / "workers.toml"
+        config2.write_text(
+            c.config_text(
+                send_proxy="off",
+                balance="leastconn",
+                workers=2,
+                listen=f"127.0.0.3:{port2}",
+            )
+        )
+        lb2 = c.spawn("ftplb-2-workers", [sys.executable, "-m", "ftplb", "run", "-c", str(config2)])
+        wait_for(lambda: "ready:" in lb2.log(), what="ftplb with 2 workers")
         haproxy_url = start_haproxy(c, Path(tmp), "127.0.0.2", "")
         haproxy_port = int(haproxy_url.rsplit(":", 1)[1].split("/")[0])
         targets = {
             "direct (one backend)": (c.backends[0].host, c.backends[0].port),
-            "ftplb routed": (BALANCER_HOST, c.balancer_port),
+            "ftplb routed, 1 process": (BALANCER_HOST, c.balancer_port),
+            "ftplb routed, 2 workers": ("127.0.0.3", port2),
             "HAProxy (rendered)": ("127.0.0.2", haproxy_port),
         }
         rates: dict[tuple[str, int], list[float]] = {}
@@ -197,6 +213,7 @@ def idle_rss(c: Cluster, tmp: Path, count: int) -> list[str]:
         "[balancer]\n"
         f'listen = "{BALANCER_HOST}:{ftplb_port}"\n'
         "max_sessions = 100000\n"
+        "workers = 1\n"  # memory per session is a property of one process
         '[health]\ncheck = "tcp"\n'
         "[[backends]]\n"
         'name = "greeter"\n'

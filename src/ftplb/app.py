@@ -51,7 +51,8 @@ class Runtime:
 
     def __init__(self, config: Config, shared: Shared | None = None) -> None:
         self.config = config
-        self.pool = Pool(config.backends, config.balancer.balance)
+        counts = shared.backends if shared is not None and shared.workers > 1 else None
+        self.pool = Pool(config.backends, config.balancer.balance, counts)
         self.health = HealthChecker(config, self.pool)
         self.balancer: RoutedBalancer | InspectBalancer
         if config.balancer.mode == "inspect":

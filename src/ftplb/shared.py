@@ -75,8 +75,10 @@ class Shared:
         """Open data connections per (client address, backend): a routed control
         session is not idle while its data moves, whichever worker carries it."""
         self.bans = SharedDeadlines()
+        self.backends = SharedCounters(workers)
+        """Per backend: current and total sessions, all workers (leastconn)."""
 
     def set_worker(self, index: int) -> None:
         self.worker = index
-        for counters in (self.sessions, self.per_ip, self.data_by_client):
+        for counters in (self.sessions, self.per_ip, self.data_by_client, self.backends):
             counters.worker = index

@@ -6,9 +6,8 @@ the kernel spreads new connections across workers; it runs its own health
 checks; in inspect mode it owns one slice of `data_ports`, so a data
 connection reaches the worker that announced the port. Limits that must hold
 across workers (max_sessions, max_per_ip, bans, "is this routed session's data
-still moving") use the counters in ftplb/shared.py. leastconn counts each
-worker's own sessions: the kernel's even spread makes the sum balanced to
-within about one session per worker and backend (docs/performance.md).
+still moving", each backend's sessions for leastconn and roundrobin) use the
+counters in ftplb/shared.py.
 
 The supervisor keeps a socketpair to each worker. Over it (one JSON object per
 line, one question at a time) it asks for snapshots, which the admin API adds

@@ -22,7 +22,8 @@ class Policy(Protocol):
 
 
 class LeastConn:
-    """Fewest current sessions per unit of weight; ties go round-robin."""
+    """Fewest current sessions per unit of weight (all workers' sessions); ties go
+    to the backend given fewest sessions by all workers, then round-robin."""
 
     def __init__(self) -> None:
         self._seq = 0
@@ -31,7 +32,7 @@ class LeastConn:
     def choose(self, candidates: Sequence[Backend], key: str) -> Backend:
         best = min(
             candidates,
-            key=lambda b: (b.sessions / b.weight, self._last_pick.get(b.name, -1)),
+            key=lambda b: (b.load / b.weight, b.picks / b.weight, self._last_pick.get(b.name, -1)),
         )
         self._seq += 1
         self._last_pick[best.name] = self._seq
@@ -39,12 +40,17 @@ class LeastConn:
 
 
 class RoundRobin:
-    """Smooth weighted round-robin (as nginx): weights 5,1,1 give a,a,b,a,c,a,a."""
+    """Smooth weighted round-robin (as nginx): weights 5,1,1 give a,a,b,a,c,a,a.
+    With several workers: the backend given fewest sessions per unit of weight."""
 
     def __init__(self) -> None:
         self._current: dict[str, int] = {}
 
     def choose(self, candidates: Sequence[Backend], key: str) -> Backend:
+        if candidates[0].shared is not None:
+            # Several workers: one rotation for all of them, from the shared count
+            # of sessions each backend was given (fewest per unit of weight next).
+            return min(candidates, key=lambda b: (b.picks + 1) / b.weight)
         total = 0
         best: Backend | None = None
         for b in candidates:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ftplb.balancer.policies import Policy, make_policy
 from ftplb.config import BackendConfig
+from ftplb.shared import SharedCounters
+
+_SHARED_FIELDS = ("sessions", "sessions_total")
 
 
 @dataclass(eq=False)
@@ -34,9 +38,34 @@ class Backend:
     last_check: str = "not checked yet"
     last_change: float = 0.0
     weight: int = field(default=0)
+    shared: SharedCounters | None = None
+    """With several workers: `sessions` and `sessions_total` of all of them."""
 
     def __post_init__(self) -> None:
         self.weight = self.config.weight
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Every change to the session counters, wherever it is made, reaches
+        # the shared ones: leastconn then sees all workers' sessions.
+        shared = self.__dict__.get("shared")
+        if shared is not None and name in _SHARED_FIELDS:
+            shared.add(f"{name}|{self.config.name}", value - self.__dict__.get(name, 0))
+        object.__setattr__(self, name, value)
+
+    @property
+    def load(self) -> int:
+        """Current sessions, all workers."""
+        if self.shared is None:
+            return self.sessions
+        return self.shared.total(f"sessions|{self.name}")
+
+    @property
+    def picks(self) -> int:
+        """Sessions given to this backend so far by the other workers too (0 with
+        one worker): with it leastconn's ties rotate across workers."""
+        if self.shared is None:
+            return 0
+        return self.shared.total(f"sessions_total|{self.name}")
 
     @property
     def name(self) -> str:
@@ -62,8 +91,14 @@ class Backend:
 class Pool:
     """The backends, in configuration order, and the policy that picks among them."""
 
-    def __init__(self, backends: Iterable[BackendConfig], policy: str) -> None:
-        self.backends = [Backend(b) for b in backends]
+    def __init__(
+        self,
+        backends: Iterable[BackendConfig],
+        policy: str,
+        shared: SharedCounters | None = None,
+    ) -> None:
+        self.shared = shared
+        self.backends = [Backend(b, shared=shared) for b in backends]
         self.by_name = {b.name: b for b in self.backends}
         self.policy_name = policy
         self.policy: Policy = make_policy(policy)
@@ -89,7 +124,7 @@ class Pool:
                 old.weight = cfg.weight
                 new_list.append(old)
             else:
-                b = Backend(cfg)
+                b = Backend(cfg, shared=self.shared)
                 added.append(b)
                 new_list.append(b)
         kept = {id(b) for b in new_list}
