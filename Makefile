@@ -5,12 +5,13 @@ BIN := $(VENV)/bin
 # Debian packages the integration tests drive as real peers.
 # proftpd-core and pure-ftpd conflict with vsftpd (each Provides ftp-server), so
 # they are unpacked into .deps/root instead of installed; their libraries are.
+# proftpd-mod-proxy (the benchmark's inspect-mode peer) depends on proftpd-core.
 FTPD_LIBS := libacl1 libcap2 libcrypt1 libhiredis0.14 libidn2-0 libmemcached11 \
 	libmemcachedutil2 libncursesw6 libpam0g libpcre2-8-0 libpcre2-posix3 libssl3 \
-	libtinfo6 zlib1g libsodium23
+	libtinfo6 zlib1g libsodium23 libsqlite3-0
 DEB_PACKAGES := curl lftp vsftpd haproxy iproute2 nftables iptables openssl chromium \
 	$(FTPD_LIBS)
-UNPACKED := proftpd-core pure-ftpd
+UNPACKED := proftpd-core pure-ftpd proftpd-mod-proxy
 DEPS_ROOT := .deps/root
 
 .PHONY: demo test lint typecheck unit bench deps venv clean
@@ -33,14 +34,18 @@ deps:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
-	@$(MAKE) --no-print-directory $(DEPS_ROOT)/usr/sbin/proftpd
+	@$(MAKE) --no-print-directory $(UNPACKED_STAMP)
 
-$(DEPS_ROOT)/usr/sbin/proftpd:
+# Re-unpacks when the list changes (the stamp is named after it).
+space := $() $()
+UNPACKED_STAMP := .deps/unpacked-$(subst $(space),+,$(UNPACKED))
+$(UNPACKED_STAMP):
 	rm -rf .deps && mkdir -p .deps/debs
 	cd .deps/debs && { apt-get download $(UNPACKED) 2>/dev/null || \
 	  { apt-get update -qq && apt-get download $(UNPACKED); }; }
 	for f in .deps/debs/*.deb; do dpkg-deb -x "$$f" $(DEPS_ROOT); done
-	test -x $@
+	test -x $(DEPS_ROOT)/usr/sbin/proftpd && test -f $(DEPS_ROOT)/usr/lib/proftpd/mod_proxy.so
+	touch $@
 
 demo: venv
 	$(BIN)/ftplb demo

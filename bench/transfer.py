@@ -1,5 +1,7 @@
-"""Bulk download: direct from a backend, through ftplb (routed and inspect mode)
-and through HAProxy running `ftplb render haproxy`'s config (default and tuned).
+"""Bulk download: direct from a backend, through ftplb (routed and inspect mode),
+through HAProxy running `ftplb render haproxy`'s config (default and tuned), and
+through ProFTPD's mod_proxy as a reverse proxy (the inspect-mode peer: it reads
+the control channel and relays data itself, as ftplb inspect does).
 
     .venv/bin/python bench/transfer.py [--size-mib 512] [--rounds 5] [--write-docs]
 
@@ -139,6 +141,70 @@ def ftps_rows(c: Cluster, tmp: Path, plain: Backend) -> dict[str, Row]:
     }
 
 
+def start_mod_proxy(c: Cluster, backend: Backend) -> str | None:
+    """ProFTPD with Debian's mod_proxy (both unpacked into .deps by `make deps`)
+    as a reverse proxy in front of `backend`; its URL, or None without them."""
+    root = ROOT / ".deps" / "root"
+    proftpd = root / "usr" / "sbin" / "proftpd"
+    modules = root / "usr" / "lib" / "proftpd"
+    if not (proftpd.exists() and (modules / "mod_proxy.so").exists()):
+        print("ProFTPD mod_proxy not found in .deps (make deps): row skipped")
+        return None
+    host = "127.0.0.4"
+    port = free_ports(1, host)
+    first = free_ports(50, host)
+    state = c.public_dir("mod-proxy")  # ProFTPD drops to nobody before opening its tables
+    tables = state / "tables"
+    tables.mkdir()
+    tables.chmod(0o777)
+    conf = state / "proftpd.conf"
+    conf.write_text(
+        "\n".join(
+            [
+                "ServerType standalone",
+                'ServerName "mod_proxy"',
+                f"DefaultAddress {host}",
+                f"Port {port}",
+                "SocketBindTight on",
+                "UseIPv6 off",
+                "User nobody",
+                "Group nogroup",
+                f"ScoreboardFile {state}/scoreboard",
+                f"PidFile {state}/pid",
+                "DelayEngine off",
+                "WtmpLog off",
+                "UseReverseDNS off",
+                "MaxInstances 200",
+                f"PassivePorts {first} {first + 49}",
+                f"ModulePath {modules}",
+                "LoadModule mod_proxy.c",
+                "ProxyEngine on",
+                f"ProxyLog {state}/proxy.log",
+                f"ProxyTables {tables}",
+                "ProxyRole reverse",
+                "ProxyReverseConnectPolicy LeastConns",
+                f"ProxyReverseServers ftp://{backend.address}",
+                "",
+            ]
+        )
+    )
+    # Debian's mod_proxy.so expects libssl in the process (proftpd-core's binary
+    # does not link it; the proftpd-mod-crypto package would load it).
+    c.spawn(
+        "mod-proxy",
+        [str(proftpd), "-n", "-q", "-c", str(conf)],
+        env={"LD_PRELOAD": "libssl.so.3"},
+    )
+    url = f"ftp://{USER}:{PASSWORD}@{host}:{port}/big.bin"
+
+    def up() -> bool:
+        probe = ["curl", "-sS", "--max-time", "2", "-o", "/dev/null", url.replace("big.bin", "")]
+        return subprocess.run(probe, capture_output=True).returncode == 0
+
+    wait_for(up, what="ProFTPD mod_proxy")
+    return url
+
+
 def start_haproxy(c: Cluster, tmp: Path, host: str, tuning: str) -> str:
     """HAProxy with `ftplb render haproxy`'s config on `host` (its own passive
     listeners there: curl connects to the control address, whatever PASV says)."""
@@ -230,6 +296,9 @@ def main() -> int:
             **haproxy_urls,
             **ftps_rows(c, Path(tmp), backend),
         }
+        mod_proxy = start_mod_proxy(c, backend)
+        if mod_proxy is not None:
+            rows["ProFTPD 1.3.8 mod_proxy 0.9, reverse (inspect-mode peer)"] = mod_proxy
         for row in rows.values():  # warm the page cache and every path
             _timed(row, size)
         results: dict[str, list[float]] = {name: [] for name in rows}
