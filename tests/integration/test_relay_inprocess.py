@@ -154,3 +154,83 @@ def test_backend_reset_resets_the_client(loop: str) -> None:
 
 def pool_sessions(balancer: RoutedBalancer) -> int:
     return balancer.pool.sessions
+
+
+async def data_through_balancer(handler, client):  # type: ignore[no-untyped-def]
+    """Run `client(reader, writer)` against a passive port whose backend side is `handler`."""
+    backend, balancer, _, passive = await run_with_backend(handler)
+    recorder = await asyncio.start_server(handler, "127.0.1.1", passive)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", passive)
+        await client(reader, writer)
+        writer.close()
+        for _ in range(100):
+            if not balancer._sessions:
+                break
+            await asyncio.sleep(0.02)
+        return balancer
+    finally:
+        recorder.close()
+        await recorder.wait_closed()
+        await shutdown(backend, balancer)
+
+
+BIG = bytes(range(256)) * (32 * 1024)  # 8 MiB
+
+
+@LOOPS
+def test_spliced_download_and_upload_with_half_close(loop: str) -> None:
+    async def main() -> None:
+        async def download(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(BIG)
+            await writer.drain()
+            writer.close()
+
+        async def read_all(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            assert await asyncio.wait_for(reader.read(), 20) == BIG
+
+        balancer = await data_through_balancer(download, read_all)
+        assert balancer.spliced_total == 1
+        assert balancer.pool.backends[0].bytes_out >= len(BIG)
+
+        async def upload(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            data = await reader.read()  # to the client's half-close
+            writer.write(b"got %d" % len(data) if data == BIG else b"corrupt")
+            await writer.drain()
+            writer.close()
+
+        async def send_all(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(BIG)
+            writer.write_eof()
+            assert await asyncio.wait_for(reader.read(), 20) == b"got %d" % len(BIG)
+
+        balancer = await data_through_balancer(upload, send_all)
+        assert balancer.spliced_total == 1
+
+    run(main(), loop)
+
+
+@LOOPS
+def test_spliced_backend_reset_reaches_the_client(loop: str) -> None:
+    async def main() -> None:
+        async def reset_midway(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            import socket
+            import struct
+
+            writer.write(BIG[:1_000_000])
+            await writer.drain()
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.close()
+
+        async def read_short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            got = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := await asyncio.wait_for(reader.read(65536), 20):
+                    got += chunk
+            assert len(got) < len(BIG)  # never a clean, complete-looking end
+
+        balancer = await data_through_balancer(reset_midway, read_short)
+        assert not balancer._sessions
+
+    run(main(), loop)

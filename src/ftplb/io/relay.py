@@ -16,6 +16,8 @@ import socket
 from collections.abc import Callable
 from typing import cast
 
+from ftplb.io.splice import SplicedPair
+
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 
@@ -131,6 +133,7 @@ class Relay:
         "end_reason",
         "last_activity",
         "on_client",
+        "spliced",
     )
 
     def __init__(
@@ -145,6 +148,7 @@ class Relay:
         self._done = False
         self.last_activity = 0.0
         self._track_activity = False
+        self.spliced: SplicedPair | None = None
 
     # -- lifecycle
 
@@ -168,8 +172,9 @@ class Relay:
         """Both sockets are open."""
         return all(e.transport is not None and not e.closed for e in (self.client, self.backend))
 
-    def start(self, preamble: bytes = b"") -> None:
-        """Both sides are connected: send `preamble` (a PROXY header) to the backend, then relay."""
+    def start(self, preamble: bytes = b"", splice: bool = False) -> None:
+        """Both sides are connected: send `preamble` (a PROXY header) to the backend, then
+        relay; with `splice`, let the kernel move the bytes (io/splice.py) when it can."""
         assert self.backend.transport is not None and self.client.transport is not None
         self.client.peer = self.backend
         self.backend.peer = self.client
@@ -187,11 +192,38 @@ class Relay:
         if self.client.eof and self.backend.eof:
             self.close("closed")
             return
+        if splice and not (self.client.eof or self.backend.eof) and self._splice():
+            return
         for side in (self.client, self.backend):
             if not side.closed and side.transport is not None:
                 side.transport.resume_reading()
 
+    def _splice(self) -> bool:
+        """Hand both sockets to a SplicedPair; the transports stay paused. Not when
+        something is still buffered in a transport (it would arrive out of order)."""
+        ct, bt = self.client.transport, self.backend.transport
+        if ct is None or bt is None or ct.get_write_buffer_size() or bt.get_write_buffer_size():
+            return False
+        cs, bs = ct.get_extra_info("socket"), bt.get_extra_info("socket")
+        if cs is None or bs is None:
+            return False
+        # uvloop starts reading after connection_made even when the protocol
+        # paused there: pause again, now that it counts.
+        ct.pause_reading()
+        bt.pause_reading()
+
+        def up(n: int) -> None:
+            self.client.bytes_read += n
+
+        def down(n: int) -> None:
+            self.backend.bytes_read += n
+
+        self.spliced = SplicedPair(cs, bs, up, down, self.close)
+        return True
+
     def endpoint_lost(self, endpoint: Endpoint, exc: Exception | None) -> None:
+        if self.spliced is not None:
+            self.spliced.stop()
         peer = self.backend if endpoint is self.client else self.client
         if not self.end_reason:
             who = "client" if endpoint is self.client else "backend"
@@ -204,6 +236,8 @@ class Relay:
 
     def close(self, reason: str, abort: bool = False) -> None:
         """Close both sides (used on timeouts and errors)."""
+        if self.spliced is not None:
+            self.spliced.stop()
         if not self.end_reason:
             self.end_reason = reason
         self.client.close(abort)

@@ -16,7 +16,7 @@ from typing import Any
 
 from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config, HostPort
-from ftplb.io import kernel
+from ftplb.io import kernel, splice
 from ftplb.io.relay import Relay, client_addresses, enable_keepalive
 from ftplb.proto import proxy_protocol
 from ftplb.shared import Shared
@@ -123,7 +123,8 @@ class Session:
             return
         if self.kind == "control":
             enable_keepalive(self.relay.backend.transport)  # type: ignore[arg-type]
-        self.relay.start(preamble)
+        # Data connections: the kernel moves the bytes (io/splice.py).
+        self.relay.start(preamble, splice=self.kind == "data" and splice.ENABLED)
 
     # -- idle timeout (control sessions)
 
@@ -165,6 +166,8 @@ class RoutedBalancer:
         self.sessions_total = 0
         self.rejected: Counter[str] = Counter()
         self.data_connections: Counter[str] = Counter()
+        self.spliced_total = 0
+        """Data connections the kernel moved (io/splice.py)."""
         # (client ip, backend name) -> open data connections: a control session
         # whose client is moving data to its backend is not idle.
         self._data_by_client: Counter[tuple[str, str]] = Counter()
@@ -375,6 +378,8 @@ class RoutedBalancer:
 
     def session_closed(self, session: Session) -> None:
         self._sessions.discard(session)
+        if session.relay.spliced is not None:
+            self.spliced_total += 1
         backend = session.backend
         if backend is not None:
             backend.bytes_in += session.relay.bytes_up
