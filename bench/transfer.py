@@ -279,6 +279,23 @@ def main() -> int:
             "inspect", [sys.executable, "-m", "ftplb", "run", "-c", str(inspect_config)]
         )
         wait_for(lambda: "ready:" in inspect.log(), what="the inspect-mode balancer")
+        # Routed mode without splice (the Protocol relay), on its own address.
+        plain_port = free_ports(1, "127.0.0.7")
+        plain_config = Path(tmp) / "no-splice.toml"
+        plain_config.write_text(
+            c.config_text(
+                send_proxy="off",
+                listen=f"127.0.0.7:{plain_port}",
+                data_listen="127.0.0.7",
+                public_address="127.0.0.7",
+            )
+        )
+        plain = c.spawn(
+            "no-splice",
+            [sys.executable, "-m", "ftplb", "run", "-c", str(plain_config)],
+            env={"FTPLB_SPLICE": "0"},
+        )
+        wait_for(lambda: "ready:" in plain.log(), what="the routed balancer without splice")
         haproxy_urls = {}
         for label, host, tuning in (
             ("HAProxy 2.6 tcp, classic design (rendered)", "127.0.0.2", ""),
@@ -287,8 +304,11 @@ def main() -> int:
             haproxy_urls[label] = start_haproxy(c, Path(tmp), host, tuning)
         rows: dict[str, Row] = {
             "direct (curl <- backend)": f"ftp://{USER}:{PASSWORD}@{backend.address}/big.bin",
-            "ftplb routed (curl <- ftplb <- backend)": (
+            "ftplb routed, spliced (curl <- ftplb <- backend)": (
                 f"ftp://{USER}:{PASSWORD}@{BALANCER_HOST}:{c.balancer_port}/big.bin"
+            ),
+            "ftplb routed, Protocol relay (FTPLB_SPLICE=0)": (
+                f"ftp://{USER}:{PASSWORD}@127.0.0.7:{plain_port}/big.bin"
             ),
             "ftplb inspect (curl <- ftplb <- backend)": (
                 f"ftp://{USER}:{PASSWORD}@{BALANCER_HOST}:{inspect_port}/big.bin"

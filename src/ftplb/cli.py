@@ -85,6 +85,7 @@ def plan(config: Config) -> list[str]:
         f"mode {b.mode}, balance {b.balance}, send_proxy {b.send_proxy}",
         f"control: listen on {b.listen}; clients are told {b.public_address}",
         f"limits: max_sessions {b.max_sessions}, idle_timeout {b.idle_timeout:g}s",
+        _workers_plan(config),
         f"health: {h.check} check every {h.interval:g}s, timeout {h.timeout:g}s, "
         f"rise {h.rise}, fall {h.fall}",
         "backends:",
@@ -137,6 +138,19 @@ def plan(config: Config) -> list[str]:
         token = "token required for changes" if config.admin.token else "no token: changes open"
         lines.append(f"admin: http://{config.admin.listen}/ ({token})")
     return lines
+
+
+def _workers_plan(config: Config) -> str:
+    b = config.balancer
+    count = b.worker_count()
+    how = "auto: one per core" if not b.workers else "set"
+    if count == 1:
+        return f"workers: 1 ({how}; one process)"
+    line = f"workers: {count} ({how}), sharing the listeners (SO_REUSEPORT)"
+    if b.mode == "inspect":
+        slices = ", ".join(str(b.data_ports.slice(i, count)) for i in range(count))
+        line += f"; data ports per worker {slices}"
+    return line
 
 
 def _tls_plan(config: Config) -> list[str]:

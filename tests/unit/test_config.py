@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -180,6 +181,8 @@ BAD = [
     ("[balancer]", "[helth]\nrise = 1\n[balancer]", "helth", "unknown key"),
     ("[balancer]", '[admin]\nlisten = "nowhere"\n[balancer]', "admin.listen", "not HOST:PORT"),
     ("[balancer]", '[tls]\nbackend_tls = "yes"\n[balancer]', "tls.backend_tls", "not one of"),
+    ('send_proxy = "v2"', 'workers = "many"', "balancer.workers", 'a number or "auto"'),
+    ('send_proxy = "v2"', "workers = 0", "balancer.workers", "out of range"),
     (
         "[balancer]",
         '[tls]\nbackend_ca = "/nonexistent/ca.pem"\n[balancer]',
@@ -246,6 +249,31 @@ def test_check_prints_the_plan(tmp_path: Path) -> None:
     assert "data 127.0.0.1:30000-30099 (100 ports) -> 127.0.1.1, same port" in out
     assert "data 127.0.0.1:30100-30199 (100 ports) -> 127.0.1.2, same port, PROXY v2 on data" in out
     assert "data listeners: 200 ports on 127.0.0.1" in out
+    assert "workers: " in out
+
+
+def test_workers(tmp_path: Path) -> None:
+    text = GOOD.replace('send_proxy = "v2"', 'send_proxy = "v2"\nworkers = 3', 1)
+    assert load_config(write(tmp_path, text)).balancer.worker_count() == 3
+    auto = load_config(write(tmp_path, GOOD)).balancer
+    assert auto.workers == 0 and auto.worker_count() == (os.cpu_count() or 1)
+    inspect = (
+        '[balancer]\nmode = "inspect"\nlisten = "127.0.0.1:21"\nworkers = 4\n'
+        'data_ports = "40000-40002"\n[[backends]]\nname = "a"\naddress = "10.0.0.1:21"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, inspect))
+    assert info.value.field == "balancer.data_ports"
+    assert "fewer ports than workers (4)" in info.value.reason
+    kernel = GOOD.replace('send_proxy = "v2"', 'data_path = "kernel"\nworkers = 2', 1)
+    with pytest.raises(ConfigError, match=r"balancer\.workers: the kernel data path runs one"):
+        load_config(write(tmp_path, kernel))
+    assert (
+        load_config(
+            write(tmp_path, GOOD.replace('send_proxy = "v2"', 'data_path = "kernel"', 1))
+        ).balancer.worker_count()
+        == 1
+    )
 
 
 def test_check_and_run_exit_2_with_field(tmp_path: Path) -> None:
