@@ -183,6 +183,8 @@ def start_mod_proxy(c: Cluster, backend: Backend) -> str | None:
                 f"ProxyTables {tables}",
                 "ProxyRole reverse",
                 "ProxyReverseConnectPolicy LeastConns",
+                # EPSV toward the backend: its PASV names the routed balancer (masquerade).
+                "ProxyDataTransferPolicy EPSV",
                 f"ProxyReverseServers ftp://{backend.address}",
                 "",
             ]
@@ -279,23 +281,23 @@ def main() -> int:
             "inspect", [sys.executable, "-m", "ftplb", "run", "-c", str(inspect_config)]
         )
         wait_for(lambda: "ready:" in inspect.log(), what="the inspect-mode balancer")
-        # Routed mode without splice (the Protocol relay), on its own address.
-        plain_port = free_ports(1, "127.0.0.7")
-        plain_config = Path(tmp) / "no-splice.toml"
-        plain_config.write_text(
+        # Routed mode splicing even a lone stream, on its own address.
+        spliced_port = free_ports(1, "127.0.0.7")
+        spliced_config = Path(tmp) / "spliced.toml"
+        spliced_config.write_text(
             c.config_text(
                 send_proxy="off",
-                listen=f"127.0.0.7:{plain_port}",
+                listen=f"127.0.0.7:{spliced_port}",
                 data_listen="127.0.0.7",
                 public_address="127.0.0.7",
             )
         )
-        plain = c.spawn(
-            "no-splice",
-            [sys.executable, "-m", "ftplb", "run", "-c", str(plain_config)],
-            env={"FTPLB_SPLICE": "0"},
+        spliced = c.spawn(
+            "spliced",
+            [sys.executable, "-m", "ftplb", "run", "-c", str(spliced_config)],
+            env={"FTPLB_SPLICE": "1"},
         )
-        wait_for(lambda: "ready:" in plain.log(), what="the routed balancer without splice")
+        wait_for(lambda: "ready:" in spliced.log(), what="the routed balancer that always splices")
         haproxy_urls = {}
         for label, host, tuning in (
             ("HAProxy 2.6 tcp, classic design (rendered)", "127.0.0.2", ""),
@@ -304,11 +306,11 @@ def main() -> int:
             haproxy_urls[label] = start_haproxy(c, Path(tmp), host, tuning)
         rows: dict[str, Row] = {
             "direct (curl <- backend)": f"ftp://{USER}:{PASSWORD}@{backend.address}/big.bin",
-            "ftplb routed, spliced (curl <- ftplb <- backend)": (
+            "ftplb routed (curl <- ftplb <- backend)": (
                 f"ftp://{USER}:{PASSWORD}@{BALANCER_HOST}:{c.balancer_port}/big.bin"
             ),
-            "ftplb routed, Protocol relay (FTPLB_SPLICE=0)": (
-                f"ftp://{USER}:{PASSWORD}@127.0.0.7:{plain_port}/big.bin"
+            "ftplb routed, spliced (FTPLB_SPLICE=1)": (
+                f"ftp://{USER}:{PASSWORD}@127.0.0.7:{spliced_port}/big.bin"
             ),
             "ftplb inspect (curl <- ftplb <- backend)": (
                 f"ftp://{USER}:{PASSWORD}@{BALANCER_HOST}:{inspect_port}/big.bin"

@@ -12,6 +12,7 @@ import uvloop
 
 from ftplb.balancer.pool import Pool
 from ftplb.config import parse_config
+from ftplb.io import splice
 from ftplb.io.routed import RoutedBalancer
 from ftplb.proto.proxy_protocol import parse_header
 from tests.cluster import free_ports
@@ -179,7 +180,11 @@ BIG = bytes(range(256)) * (32 * 1024)  # 8 MiB
 
 
 @LOOPS
-def test_spliced_download_and_upload_with_half_close(loop: str) -> None:
+def test_spliced_download_and_upload_with_half_close(
+    loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(splice, "MODE", "1")  # a lone stream is spliced too
+
     async def main() -> None:
         async def download(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             writer.write(BIG)
@@ -211,7 +216,11 @@ def test_spliced_download_and_upload_with_half_close(loop: str) -> None:
 
 
 @LOOPS
-def test_spliced_backend_reset_reaches_the_client(loop: str) -> None:
+def test_spliced_backend_reset_reaches_the_client(
+    loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(splice, "MODE", "1")
+
     async def main() -> None:
         async def reset_midway(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             import socket
@@ -234,3 +243,12 @@ def test_spliced_backend_reset_reaches_the_client(loop: str) -> None:
         assert not balancer._sessions
 
     run(main(), loop)
+
+
+def test_splice_is_for_concurrent_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(splice, "MODE", "auto")
+    assert not splice.wanted(1) and splice.wanted(2)
+    monkeypatch.setattr(splice, "MODE", "0")
+    assert not splice.wanted(5)
+    monkeypatch.setattr(splice, "MODE", "1")
+    assert splice.wanted(1)

@@ -143,3 +143,22 @@ def test_session_log_line(three: Cluster) -> None:
     assert f"backend={served_by}" in control[0]
     assert f"backend={served_by}" in data[0] and f"bytes_down={len(served_by)}" in data[0]
     assert "duration=" in control[0] and 'end="' in control[0]
+
+
+def test_concurrent_downloads_are_spliced_and_byte_exact(three: Cluster) -> None:
+    """From the second concurrent data connection on, the kernel moves the bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def slow_get(i: int) -> bytes:
+        source = f"127.0.0.{41 + i}"
+        return curl("--limit-rate", "2M", "--interface", source, three.url + "data.bin")
+
+    with ThreadPoolExecutor(4) as pool:
+        bodies = list(pool.map(slow_get, range(4)))
+    assert all(sha256(b) == sha256(DATA) for b in bodies)
+
+    def data_lines() -> list[str]:
+        return [x for x in three.session_lines() if " data client=" in x]
+
+    data = wait_for(lambda: len(data_lines()) == 4 and data_lines(), what="4 data lines")
+    assert any("relay=splice" in x for x in data), data

@@ -123,8 +123,9 @@ class Session:
             return
         if self.kind == "control":
             enable_keepalive(self.relay.backend.transport)  # type: ignore[arg-type]
-        # Data connections: the kernel moves the bytes (io/splice.py).
-        self.relay.start(preamble, splice=self.kind == "data" and splice.ENABLED)
+        # Concurrent data connections: the kernel moves the bytes (io/splice.py).
+        spliced = self.kind == "data" and splice.wanted(self.balancer.data_open)
+        self.relay.start(preamble, splice=spliced)
 
     # -- idle timeout (control sessions)
 
@@ -144,6 +145,8 @@ class Session:
         client = HostPort(*self.client_addr)
         backend = self.backend.name if self.backend else "-"
         extra = f" port={self.local_addr[1]}" if self.kind == "data" else ""
+        if self.relay.spliced is not None:
+            extra += " relay=splice"
         return (
             f"{self.kind} client={client} backend={backend}{extra} "
             f"bytes_up={self.relay.bytes_up} bytes_down={self.relay.bytes_down} "
@@ -168,6 +171,7 @@ class RoutedBalancer:
         self.data_connections: Counter[str] = Counter()
         self.spliced_total = 0
         """Data connections the kernel moved (io/splice.py)."""
+        self.data_open = 0
         # (client ip, backend name) -> open data connections: a control session
         # whose client is moving data to its backend is not idle.
         self._data_by_client: Counter[tuple[str, str]] = Counter()
@@ -323,6 +327,7 @@ class RoutedBalancer:
             backend.data_connections_total += 1
             self.data_connections["inbound"] += 1
             self._data_by_client[(client_ip, backend.name)] += 1
+            self.data_open += 1
             self.shared.data_by_client.add(f"{client_ip}|{backend.name}", 1)
             header = b""
             if backend.config.send_proxy_data:
@@ -389,6 +394,7 @@ class RoutedBalancer:
             self._data_by_client[key] -= 1
             if self._data_by_client[key] <= 0:
                 del self._data_by_client[key]
+            self.data_open -= 1
             self.shared.data_by_client.add(f"{key[0]}|{key[1]}", -1)
         if session.counted and backend is not None:
             self.control_sessions -= 1

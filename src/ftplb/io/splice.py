@@ -3,14 +3,16 @@
 A `Relay` whose two sides are connected hands its sockets over here once the
 PROXY header and any early bytes are written: each direction is socket ->
 pipe -> socket with `os.splice`, driven by the loop's add_reader/add_writer, so
-the bytes never enter Python. bench/splice.py measured it against the Protocol
-relay on this machine: about 1.3x the throughput at half the CPU per GiB, for
-one stream and for eight (docs/performance.md). Backpressure is the same idea
-as the Protocol relay's: while the destination cannot take the pipe's bytes,
-the source is not read, so memory per connection is bounded by the pipe.
+the bytes never enter Python. Backpressure is the same idea as the Protocol
+relay's: while the destination cannot take the pipe's bytes, the source is not
+read, so memory per connection is bounded by the pipe.
 
-`FTPLB_SPLICE=0` in the environment turns it off (the Protocol relay then
-carries routed data connections, as it always carries control connections
+When (bench/splice.py and bench/transfer.py, docs/performance.md): with 8 or
+32 concurrent streams splice moved about 1.2x the bytes at 0.6x the CPU per
+GiB; a lone stream was no faster (0.9x to 1.3x across runs, noise included).
+So by default a data connection is spliced when its worker already carries
+another one. `FTPLB_SPLICE` in the environment: `auto` (that), `1` (always),
+`0` (never: the Protocol relay, which also carries every control connection
 and inspect mode).
 """
 
@@ -29,7 +31,15 @@ PIPE_SIZE = 256 * 1024
 beyond a user's pipe-user-pages-soft keep the default 64 KiB."""
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
-ENABLED = hasattr(os, "splice") and os.environ.get("FTPLB_SPLICE", "1") != "0"
+MODE = os.environ.get("FTPLB_SPLICE", "auto") if hasattr(os, "splice") else "0"
+
+
+def wanted(open_data_connections: int) -> bool:
+    """Splice a new data connection, given how many this worker has open (it included)?"""
+    if MODE == "auto":
+        return open_data_connections >= 2
+    return MODE != "0"
+
 
 ERROR_CHECK = 1.0
 """Seconds between SO_ERROR checks. libuv (uvloop) answers a socket error
