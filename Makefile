@@ -63,6 +63,7 @@ test: deps venv lint typecheck
 bench: deps venv
 	$(BIN)/python bench/transfer.py --write-docs
 	$(BIN)/python bench/sessions.py --write-docs
+	$(BIN)/python bench/splice.py --write-docs
 	$(BIN)/python bench/netns.py --write-docs
 
 clean:

@@ -92,6 +92,20 @@ async def rate(host: str, port: int, clients: int, seconds: float) -> float:
     return done / (time.monotonic() - started)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of `pid` and its children (a supervisor's workers)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(x) for x in children.read_text().split()]
+    for p in pids:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -164,12 +178,26 @@ def main() -> int:
             "ftplb routed, 2 workers": ("127.0.0.3", port2),
             "HAProxy (rendered)": ("127.0.0.2", haproxy_port),
         }
+        assert c.balancer is not None
+        haproxy_pid = next(p for p in c.processes if p.name.startswith("haproxy")).popen.pid
+        pids = {
+            "ftplb routed, 1 process": c.balancer.popen.pid,
+            "ftplb routed, 2 workers": lb2.popen.pid,
+            "HAProxy (rendered)": haproxy_pid,
+        }
         rates: dict[tuple[str, int], list[float]] = {}
+        cpu: dict[tuple[str, int], list[float]] = {}
         for _ in range(args.rounds):
             for clients in (1, 16, 64):
                 for name, (host, port) in targets.items():
+                    before = cpu_seconds(pids[name]) if name in pids else 0.0
+                    started = time.monotonic()
                     value = asyncio.run(rate(host, port, clients, args.seconds))
+                    sessions = value * (time.monotonic() - started)
                     rates.setdefault((name, clients), []).append(value)
+                    if name in pids:
+                        used = cpu_seconds(pids[name]) - before
+                        cpu.setdefault((name, clients), []).append(1000 * used / sessions)
         idle_rows = idle_rss(c, Path(tmp), idle)
 
     lines = [
@@ -183,6 +211,17 @@ def main() -> int:
     for name in targets:
         cells = [f"{statistics.median(rates[(name, n)]):,.0f}" for n in (1, 16, 64)]
         lines.append(f"| {name} | {' | '.join(cells)} |")
+    lines += [
+        "",
+        "Balancer CPU per session (user + system, all its processes), milliseconds:",
+        "",
+        "| balancer | 1 client | 16 clients | 64 clients |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in targets:
+        if (name, 1) in cpu:
+            cells = [f"{statistics.median(cpu[(name, n)]):.2f}" for n in (1, 16, 64)]
+            lines.append(f"| {name} | {' | '.join(cells)} |")
     lines += [
         "",
         f"Idle control sessions held open: {idle:,} (file limit {hard:,}; each costs the"
