@@ -28,7 +28,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from ftplb.admin.source import LocalSource, Snapshot, merge, snapshot_of
-from ftplb.config import Config, load_config
+from ftplb.config import Config, HostPort, load_config
 from ftplb.errors import ConfigError
 from ftplb.shared import Shared
 
@@ -157,10 +157,42 @@ class GroupSource:
         return ok, str(answers[0][1]) + f" ({len(answers)} workers)"
 
 
+def _ports_free(config: Config) -> str:
+    """'' if every address the workers will share is free now, else why not.
+
+    SO_REUSEPORT lets sockets of the same user share a port: a second ftplb
+    started by mistake would quietly take half the connections. A plain bind
+    first, for a moment, refuses that (the workers bind after it is closed)."""
+    b = config.balancer
+    addresses = [b.listen]
+    if config.tls.implicit_listen is not None:
+        addresses.append(config.tls.implicit_listen)
+    if b.mode == "routed" and b.data_path == "user":
+        addresses += [
+            HostPort(b.data_host, port)
+            for backend in config.backends
+            if backend.passive_ports is not None
+            for port in backend.passive_ports
+        ]
+    for at in addresses:
+        family = socket.AF_INET6 if ":" in at.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((at.host, at.port))
+            except OSError as exc:
+                return f"{at}: {exc.strerror}"
+    return ""
+
+
 def run(config: Config) -> int:
     """Fork the workers, then supervise them. Returns the exit code."""
     from ftplb.app import serve
 
+    busy = _ports_free(config)
+    if busy:
+        log.error("cannot listen: %s", busy)
+        return 2
     count = config.balancer.worker_count()
     shared = Shared(count)
     workers: list[Worker] = []

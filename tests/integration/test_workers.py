@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from contextlib import ExitStack
 from typing import Any
 
@@ -142,3 +143,15 @@ def test_sigterm_stops_every_worker(cluster: Cluster) -> None:
     for pid in workers:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_second_balancer_on_the_same_ports_is_refused(cluster: Cluster) -> None:
+    """SO_REUSEPORT would let it share the ports and take half the clients."""
+    start(cluster, "routed")
+    second = cluster.spawn(
+        "second", [sys.executable, "-m", "ftplb", "run", "-c", str(cluster.config_path)]
+    )
+    assert second.popen.wait(timeout=30) == 2
+    assert f"cannot listen: 127.0.0.1:{cluster.balancer_port}: Address already in use" in (
+        second.log()
+    )
