@@ -12,6 +12,7 @@ import uvloop
 
 from ftplb.balancer.pool import Pool
 from ftplb.config import parse_config
+from ftplb.io import relay as relay_module
 from ftplb.io import splice
 from ftplb.io.routed import RoutedBalancer
 from ftplb.proto.proxy_protocol import parse_header
@@ -220,6 +221,7 @@ def test_spliced_backend_reset_reaches_the_client(
     loop: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(splice, "MODE", "1")
+    monkeypatch.setattr(relay_module, "SPLICE_AFTER", 0)  # spliced before the reset
 
     async def main() -> None:
         async def reset_midway(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -241,6 +243,7 @@ def test_spliced_backend_reset_reaches_the_client(
 
         balancer = await data_through_balancer(reset_midway, read_short)
         assert not balancer._sessions
+        assert balancer.spliced_total == 1
 
     run(main(), loop)
 

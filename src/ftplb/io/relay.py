@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 from typing import cast
 
-from ftplb.io.splice import SplicedPair
+from ftplb.io.splice import SPLICE_AFTER, SplicedPair
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
@@ -71,6 +71,9 @@ class Endpoint(asyncio.Protocol):
                 self.transport.pause_reading()
         elif peer.transport is not None and not peer.closed:
             peer.transport.write(data)
+            relay = self.relay
+            if relay.splice_check is not None and self.bytes_read + peer.bytes_read >= SPLICE_AFTER:
+                relay.try_splice()
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -133,6 +136,7 @@ class Relay:
         "end_reason",
         "last_activity",
         "on_client",
+        "splice_check",
         "spliced",
     )
 
@@ -149,6 +153,9 @@ class Relay:
         self.last_activity = 0.0
         self._track_activity = False
         self.spliced: SplicedPair | None = None
+        self.splice_check: Callable[[], bool] | None = None
+        """Set by `start`: asked, once SPLICE_AFTER bytes have moved, whether the
+        kernel should take over (small transfers never pay splice's setup)."""
 
     # -- lifecycle
 
@@ -172,9 +179,9 @@ class Relay:
         """Both sockets are open."""
         return all(e.transport is not None and not e.closed for e in (self.client, self.backend))
 
-    def start(self, preamble: bytes = b"", splice: bool = False) -> None:
+    def start(self, preamble: bytes = b"", splice: Callable[[], bool] | None = None) -> None:
         """Both sides are connected: send `preamble` (a PROXY header) to the backend, then
-        relay; with `splice`, let the kernel move the bytes (io/splice.py) when it can."""
+        relay; with `splice`, the kernel may take over a long transfer (io/splice.py)."""
         assert self.backend.transport is not None and self.client.transport is not None
         self.client.peer = self.backend
         self.backend.peer = self.client
@@ -192,23 +199,32 @@ class Relay:
         if self.client.eof and self.backend.eof:
             self.close("closed")
             return
-        if splice and not (self.client.eof or self.backend.eof) and self._splice():
-            return
+        self.splice_check = splice
         for side in (self.client, self.backend):
             if not side.closed and side.transport is not None:
                 side.transport.resume_reading()
 
-    def _splice(self) -> bool:
-        """Hand both sockets to a SplicedPair; the transports stay paused. Not when
-        something is still buffered in a transport (it would arrive out of order)."""
+    def try_splice(self) -> None:
+        """Hand both sockets to a SplicedPair if the policy says so and nothing is
+        buffered in a transport (it would arrive out of order): else try again
+        on a later chunk. The transports stay paused from then on."""
         ct, bt = self.client.transport, self.backend.transport
         if ct is None or bt is None or ct.get_write_buffer_size() or bt.get_write_buffer_size():
-            return False
+            return
+        if self.client.eof or self.backend.eof or self.client.closed or self.backend.closed:
+            self.splice_check = None
+            return
+        check, self.splice_check = self.splice_check, None
+        if check is None or not check():
+            return
+        self._splice(ct, bt)
+
+    def _splice(self, ct: asyncio.Transport, bt: asyncio.Transport) -> None:
         cs, bs = ct.get_extra_info("socket"), bt.get_extra_info("socket")
         if cs is None or bs is None:
-            return False
-        # uvloop starts reading after connection_made even when the protocol
-        # paused there: pause again, now that it counts.
+            return
+        # From here on the transports must not read (uvloop would even after a
+        # pause made in connection_made; this one, made later, holds).
         ct.pause_reading()
         bt.pause_reading()
 
@@ -219,7 +235,6 @@ class Relay:
             self.backend.bytes_read += n
 
         self.spliced = SplicedPair(cs, bs, up, down, self.close)
-        return True
 
     def endpoint_lost(self, endpoint: Endpoint, exc: Exception | None) -> None:
         if self.spliced is not None:

@@ -123,9 +123,10 @@ class Session:
             return
         if self.kind == "control":
             enable_keepalive(self.relay.backend.transport)  # type: ignore[arg-type]
-        # Concurrent data connections: the kernel moves the bytes (io/splice.py).
-        spliced = self.kind == "data" and splice.wanted(self.balancer.data_open)
-        self.relay.start(preamble, splice=spliced)
+        # Long concurrent data transfers: the kernel moves the bytes (io/splice.py).
+        balancer = self.balancer
+        check = (lambda: splice.wanted(balancer.data_open)) if self.kind == "data" else None
+        self.relay.start(preamble, splice=check)
 
     # -- idle timeout (control sessions)
 

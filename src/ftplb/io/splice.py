@@ -10,10 +10,11 @@ read, so memory per connection is bounded by the pipe.
 When (bench/splice.py and bench/transfer.py, docs/performance.md): with 8 or
 32 concurrent streams splice moved about 1.2x the bytes at 0.6x the CPU per
 GiB; a lone stream was no faster (0.9x to 1.3x across runs, noise included).
-So by default a data connection is spliced when its worker already carries
-another one. `FTPLB_SPLICE` in the environment: `auto` (that), `1` (always),
-`0` (never: the Protocol relay, which also carries every control connection
-and inspect mode).
+So by default a data connection is spliced, once it has moved SPLICE_AFTER
+bytes, if its worker carries another one at that moment. `FTPLB_SPLICE` in
+the environment: `auto` (that), `1` (always, after SPLICE_AFTER), `0` (never:
+the Protocol relay, which also carries every control connection and inspect
+mode).
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ beyond a user's pipe-user-pages-soft keep the default 64 KiB."""
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 MODE = os.environ.get("FTPLB_SPLICE", "auto") if hasattr(os, "splice") else "0"
+
+SPLICE_AFTER = 1024 * 1024
+"""Bytes a data connection moves through the Protocol relay before the kernel
+may take over: a directory listing or a small file never pays for two pipes."""
 
 
 def wanted(open_data_connections: int) -> bool:
