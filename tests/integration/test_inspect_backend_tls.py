@@ -166,4 +166,4 @@ def test_untrusted_backend_certificate(cluster: Cluster, tmp_path: Path) -> None
     assert c.balancer is not None
     log = c.balancer.log
     wait_for(lambda: "certificate verify failed" in log(), what="the verify failure in the log")
-    assert 'end="backend TLS: handshake failed' in log()
+    wait_for(lambda: 'end="backend TLS: handshake failed' in log(), what="the session's end")
