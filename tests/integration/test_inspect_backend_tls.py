@@ -93,14 +93,22 @@ def uploaded(c: Cluster, name: str) -> list[bytes]:
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-def test_tls_on_both_sides_passive(tls_both: Cluster, mode: str, tmp_path: Path) -> None:
+def test_tls_on_both_sides_passive(tls_both: Cluster, mode: str) -> None:
     url = f"ftp://{LOGIN}@{BALANCER_HOST}:{tls_both.balancer_port}/"
     flags = ["--ssl-reqd", "--interface", "127.0.0.11", *MODES[mode]]
     for _ in range(2):  # round robin: both backends
         assert sha256(curl(*flags, url + "data.bin")) == sha256(DATA)
+    # The upload with ftplib (PASV), which reads to the end before closing. One
+    # CI run saw curl's upload here end in vsftpd's 426 with the tail missing:
+    # most likely curl closing with our TLS 1.3 session tickets unread, so its
+    # kernel resets the connection, the reset overtakes the close_notify, and
+    # the balancer passes a reset on. Not reproduced in 90 tries since.
     payload = os.urandom(300_001)
-    (tmp_path / "up.bin").write_bytes(payload)
-    curl(*flags, "-T", str(tmp_path / "up.bin"), url + f"incoming/up-{mode}.bin")
+    with ReusingFTP_TLS(context=tls_context(), timeout=10) as ftp:
+        ftp.connect(BALANCER_HOST, tls_both.balancer_port)
+        ftp.login("anonymous", "x")
+        ftp.prot_p()
+        ftp.storbinary(f"STOR incoming/up-{mode}.bin", io.BytesIO(payload))
     assert uploaded(tls_both, f"up-{mode}.bin") == [payload]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -255,3 +256,73 @@ def test_splice_is_for_concurrent_streams(monkeypatch: pytest.MonkeyPatch) -> No
     assert not splice.wanted(5)
     monkeypatch.setattr(splice, "MODE", "1")
     assert splice.wanted(1)
+
+
+@LOOPS
+def test_tls_side_closes_only_after_sending_everything(loop: str, tmp_path: Path) -> None:
+    """A client's upload ends (EOF) while the TLS backend is slow to read: the
+    relay must not close the TLS side before it has sent what it holds (TLS
+    cannot half-close, and a TLS transport closed while full drops its queue)."""
+    import ssl
+
+    from ftplb.io.relay import Relay
+    from tests.cluster import make_cert
+
+    cert, key = make_cert(tmp_path, "slow", ips=("127.0.1.1",))
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.load_verify_locations(cert)
+    payload = bytes(range(256)) * 600  # 150 kB: all read, EOF too, while the TLS side is full
+
+    async def main() -> None:
+        received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def slow_tls_server(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            await asyncio.sleep(0.5)  # let every buffer on the way fill up
+            received.set_result(await reader.read())
+            writer.close()
+
+        import socket
+
+        listener = socket.create_server(("127.0.1.1", 0))
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # inherited on accept
+        tls_server = await asyncio.start_server(slow_tls_server, sock=listener, ssl=server_ctx)
+        tls_port = tls_server.sockets[0].getsockname()[1]
+        loop_ = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop_.create_future()
+        relay = Relay(lambda r: done.done() or done.set_result(None))
+
+        async def joined() -> None:
+            import socket
+
+            sock = socket.socket()
+            # Small buffers: the upload cannot all sit in the kernel, the TLS
+            # transport has to hold some of it when the EOF comes.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            sock.setblocking(False)
+            await loop_.sock_connect(sock, ("127.0.1.1", tls_port))
+            await loop_.create_connection(
+                lambda: relay.backend, sock=sock, ssl=client_ctx, server_hostname="127.0.1.1"
+            )
+            relay.start()
+
+        relay.on_client = lambda: asyncio.ensure_future(joined())
+        front = await loop_.create_server(lambda: relay.client, "127.0.0.1", 0)
+        front_port = front.sockets[0].getsockname()[1]
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", front_port)
+            writer.write(payload)
+            await writer.drain()
+            writer.write_eof()  # the upload is over: the relay closes the TLS side
+            got = await asyncio.wait_for(received, 30)
+            assert len(got) == len(payload) and got == payload
+            await asyncio.wait_for(done, 10)
+            writer.close()
+        finally:
+            front.close()
+            tls_server.close()
+
+    run(main(), loop)

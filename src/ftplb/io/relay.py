@@ -20,6 +20,8 @@ from ftplb.io.splice import SPLICE_AFTER, SplicedPair
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+DRAIN_TIMEOUT = 30.0
+"""Seconds a closing TLS side may take to send what it still holds."""
 
 
 class Endpoint(asyncio.Protocol):
@@ -30,6 +32,7 @@ class Endpoint(asyncio.Protocol):
         "_paused_peer",
         "bytes_read",
         "closed",
+        "draining",
         "early",
         "eof",
         "peer",
@@ -45,6 +48,7 @@ class Endpoint(asyncio.Protocol):
         self.peer: Endpoint | None = None
         self.eof = False
         self.closed = False
+        self.draining = False
         self.bytes_read = 0
         self.early: list[bytes] = []
         self._paused_peer = False
@@ -98,6 +102,10 @@ class Endpoint(asyncio.Protocol):
             self._paused_peer = True
 
     def resume_writing(self) -> None:
+        if self.draining:
+            if self.transport is not None and not self.transport.get_write_buffer_size():
+                self.transport.close()
+            return
         peer = self.peer
         if self._paused_peer and peer is not None and peer.transport is not None:
             self._paused_peer = False
@@ -111,11 +119,26 @@ class Endpoint(asyncio.Protocol):
     # -- helpers
 
     def close(self, abort: bool = False) -> None:
-        if self.transport is not None and not self.closed:
-            if abort:
-                self.transport.abort()
-            else:
-                self.transport.close()
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if abort:
+            transport.abort()
+        elif self.draining:
+            return
+        elif transport.get_write_buffer_size() and not transport.can_write_eof():
+            # A TLS transport closed while its socket is full drops what it still
+            # holds (CPython's sslproto skips the write when paused, then closes;
+            # a backend saw a 300 kB upload end at 112 kB). Close once drained.
+            self.draining = True
+            transport.set_write_buffer_limits(0, 0)  # resume_writing at empty
+            asyncio.get_running_loop().call_later(DRAIN_TIMEOUT, self._drain_timeout)
+        else:
+            transport.close()
+
+    def _drain_timeout(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.abort()
 
 
 class Relay:
