@@ -102,7 +102,7 @@ def test_tls_on_both_sides_passive(tls_both: Cluster, mode: str) -> None:
     # CI run saw curl's upload here end in vsftpd's 426 with the tail missing:
     # most likely curl closing with our TLS 1.3 session tickets unread, so its
     # kernel resets the connection, the reset overtakes the close_notify, and
-    # the balancer passes a reset on. Not reproduced in 90 tries since.
+    # the balancer passes a reset on. Not reproduced in some 60 tries since.
     payload = os.urandom(300_001)
     with ReusingFTP_TLS(context=tls_context(), timeout=10) as ftp:
         ftp.connect(BALANCER_HOST, tls_both.balancer_port)
