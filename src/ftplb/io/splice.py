@@ -40,7 +40,8 @@ may take over: a directory listing or a small file never pays for two pipes."""
 
 
 def wanted(open_data_connections: int) -> bool:
-    """Splice a new data connection, given how many this worker has open (it included)?"""
+    """Splice a data connection that has moved SPLICE_AFTER bytes, given how many
+    data connections its worker has open now (it included)?"""
     if MODE == "auto":
         return open_data_connections >= 2
     return MODE != "0"
