@@ -18,6 +18,10 @@ import zlib
 BUCKETS = 1 << 14
 
 
+def _bucket(key: str, buckets: int) -> int:
+    return zlib.crc32(key.encode("utf-8", "surrogateescape")) % buckets
+
+
 class SharedCounters:
     """`workers` columns of `buckets` int32 counters."""
 
@@ -29,15 +33,12 @@ class SharedCounters:
         self._map = mmap.mmap(-1, workers * buckets * 4)  # MAP_SHARED | MAP_ANONYMOUS
         self._cells = memoryview(self._map).cast("i")
 
-    def _bucket(self, key: str) -> int:
-        return zlib.crc32(key.encode("utf-8", "surrogateescape")) % self.buckets
-
     def add(self, key: str, delta: int) -> None:
-        i = self.worker * self.buckets + self._bucket(key)
+        i = self.worker * self.buckets + _bucket(key, self.buckets)
         self._cells[i] += delta
 
     def total(self, key: str) -> int:
-        b = self._bucket(key)
+        b = _bucket(key, self.buckets)
         return sum(self._cells[w * self.buckets + b] for w in range(self.workers))
 
 
@@ -50,15 +51,12 @@ class SharedDeadlines:
         self._map = mmap.mmap(-1, buckets * 8)
         self._cells = memoryview(self._map).cast("q")
 
-    def _bucket(self, key: str) -> int:
-        return zlib.crc32(key.encode("utf-8", "surrogateescape")) % self.buckets
-
     def extend(self, key: str, until: float) -> None:
-        i = self._bucket(key)
+        i = _bucket(key, self.buckets)
         self._cells[i] = max(self._cells[i], int(until) + 1)
 
     def active(self, key: str, now: float) -> bool:
-        return self._cells[self._bucket(key)] > now
+        return self._cells[_bucket(key, self.buckets)] > now
 
 
 class Shared:

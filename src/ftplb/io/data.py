@@ -228,17 +228,26 @@ class DataChannel:
         self._spawn(self._server_handshake(transport, handshake))
 
     async def _server_handshake(
-        self, transport: asyncio.Transport, handshake: asyncio.Future[None]
+        self, transport: asyncio.BaseTransport, handshake: asyncio.Future[None]
     ) -> None:
         """Wait for the client's handshake (the relay endpoint is made after it)."""
+        await self._handshake(transport, handshake, "client data TLS handshake failed")
+
+    async def _handshake(
+        self, transport: asyncio.BaseTransport, handshake: asyncio.Future[None], failure: str
+    ) -> bool:
+        """Await an SSLProtocol's handshake on the raw `transport`; on failure (or
+        cancellation) abort it, and close the channel unless cancelled."""
         try:
             await handshake
         except BaseException as exc:
-            transport.abort()
+            cast(asyncio.Transport, transport).abort()
             if not isinstance(exc, (OSError, TimeoutError, ConnectionError, ssl.SSLError)):
                 raise
-            log.warning("%s: client data TLS handshake failed: %s", self.label, exc)
+            log.warning("%s: %s: %s", self.label, failure, exc)
             self.close()
+            return False
+        return True
 
     def _handshake_done(self, relay: Relay) -> None:
         transport = relay.client.transport
@@ -368,14 +377,9 @@ class DataChannel:
             log.warning("%s: data connect to %s:%d failed: %s", self.label, *address, exc)
             self.close()
             return
-        try:
-            await handshake
-        except BaseException as exc:
-            raw.abort()
-            if not isinstance(exc, (OSError, TimeoutError, ConnectionError, ssl.SSLError)):
-                raise
-            log.warning("%s: TLS to backend data port %d failed: %s", self.label, address[1], exc)
-            self.close()
+        if not await self._handshake(
+            raw, handshake, f"TLS to backend data port {address[1]} failed"
+        ):
             return
         transport = relay.backend.transport
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
