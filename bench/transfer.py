@@ -37,6 +37,7 @@ from tests.cluster import (  # noqa: E402
     make_cert,
     wait_for,
 )
+from tests.servers import UNPACKED, proftpd_standalone  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -144,9 +145,8 @@ def ftps_rows(c: Cluster, tmp: Path, plain: Backend) -> dict[str, Row]:
 def start_mod_proxy(c: Cluster, backend: Backend) -> str | None:
     """ProFTPD with Debian's mod_proxy (both unpacked into .deps by `make deps`)
     as a reverse proxy in front of `backend`; its URL, or None without them."""
-    root = ROOT / ".deps" / "root"
-    proftpd = root / "usr" / "sbin" / "proftpd"
-    modules = root / "usr" / "lib" / "proftpd"
+    proftpd = UNPACKED / "usr" / "sbin" / "proftpd"
+    modules = UNPACKED / "usr" / "lib" / "proftpd"
     if not (proftpd.exists() and (modules / "mod_proxy.so").exists()):
         print("ProFTPD mod_proxy not found in .deps (make deps): row skipped")
         return None
@@ -161,19 +161,7 @@ def start_mod_proxy(c: Cluster, backend: Backend) -> str | None:
     conf.write_text(
         "\n".join(
             [
-                "ServerType standalone",
-                'ServerName "mod_proxy"',
-                f"DefaultAddress {host}",
-                f"Port {port}",
-                "SocketBindTight on",
-                "UseIPv6 off",
-                "User nobody",
-                "Group nogroup",
-                f"ScoreboardFile {state}/scoreboard",
-                f"PidFile {state}/pid",
-                "DelayEngine off",
-                "WtmpLog off",
-                "UseReverseDNS off",
+                *proftpd_standalone("mod_proxy", host, port, state),
                 "MaxInstances 200",
                 f"PassivePorts {first} {first + 49}",
                 f"ModulePath {modules}",
@@ -197,14 +185,7 @@ def start_mod_proxy(c: Cluster, backend: Backend) -> str | None:
         [str(proftpd), "-n", "-q", "-c", str(conf)],
         env={"LD_PRELOAD": "libssl.so.3"},
     )
-    url = f"ftp://{USER}:{PASSWORD}@{host}:{port}/big.bin"
-
-    def up() -> bool:
-        probe = ["curl", "-sS", "--max-time", "2", "-o", "/dev/null", url.replace("big.bin", "")]
-        return subprocess.run(probe, capture_output=True).returncode == 0
-
-    wait_for(up, what="ProFTPD mod_proxy")
-    return url
+    return wait_serving(f"ftp://{USER}:{PASSWORD}@{host}:{port}/big.bin", "ProFTPD mod_proxy")
 
 
 def start_haproxy(c: Cluster, tmp: Path, host: str, tuning: str) -> str:
@@ -227,13 +208,17 @@ def start_haproxy(c: Cluster, tmp: Path, host: str, tuning: str) -> str:
     cfg = tmp / f"haproxy-{host}.cfg"
     cfg.write_text(text)
     c.spawn(f"haproxy-{host}", ["haproxy", "-db", "-f", str(cfg)])
-    url = f"ftp://{USER}:{PASSWORD}@{host}:{port}/big.bin"
+    return wait_serving(f"ftp://{USER}:{PASSWORD}@{host}:{port}/big.bin", f"HAProxy on {host}")
+
+
+def wait_serving(url: str, what: str) -> str:
+    """Wait until a login and a listing of the directory of `url` work; returns `url`."""
 
     def up() -> bool:
-        probe = ["curl", "-sS", "--max-time", "2", "-o", "/dev/null", url.replace("big.bin", "")]
+        probe = ["curl", "-sS", "--max-time", "2", "-o", "/dev/null", url.rsplit("/", 1)[0] + "/"]
         return subprocess.run(probe, capture_output=True).returncode == 0
 
-    wait_for(up, what=f"HAProxy on {host}")
+    wait_for(up, what=what)
     return url
 
 

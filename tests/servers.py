@@ -70,6 +70,26 @@ def _new(cluster: Cluster, kind: str) -> Backend:
     return b
 
 
+def proftpd_standalone(name: str, host: str, port: int, state: Path) -> list[str]:
+    """The proftpd.conf lines every ProFTPD we start shares: standalone on
+    host:port only, running as nobody, its state files in `state`."""
+    return [
+        "ServerType standalone",
+        f'ServerName "{name}"',
+        f"DefaultAddress {host}",
+        f"Port {port}",
+        "SocketBindTight on",
+        "UseIPv6 off",
+        "User nobody",
+        "Group nogroup",
+        f"ScoreboardFile {state}/scoreboard",
+        f"PidFile {state}/pid",
+        "DelayEngine off",
+        "WtmpLog off",
+        "UseReverseDNS off",
+    ]
+
+
 def _proftpd(cluster: Cluster) -> Backend:
     proftpd = unpacked("/usr/sbin/proftpd")
     b = _new(cluster, "proftpd")
@@ -81,20 +101,8 @@ def _proftpd(cluster: Cluster) -> Backend:
     conf.write_text(
         "\n".join(
             [
-                "ServerType standalone",
-                f'ServerName "{b.name}"',
+                *proftpd_standalone(b.name, b.host, b.port, state),
                 f'ServerIdent on "backend {b.name} ready"',
-                f"DefaultAddress {b.host}",
-                f"Port {b.port}",
-                "SocketBindTight on",
-                "UseIPv6 off",
-                "User nobody",
-                "Group nogroup",
-                f"ScoreboardFile {state}/scoreboard",
-                f"PidFile {state}/pid",
-                "DelayEngine off",
-                "WtmpLog off",
-                "UseReverseDNS off",
                 f"TransferLog {state}/xfer.log",
                 "RequireValidShell off",
                 "AuthPAM off",

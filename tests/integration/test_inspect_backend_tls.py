@@ -19,42 +19,21 @@ import pytest
 from tests.cluster import (
     BACKEND_HOSTS,
     BALANCER_HOST,
-    Backend,
     Cluster,
     make_cert,
     sha256,
     wait_for,
 )
 from tests.integration.test_inspect_ftps import MODES, curl
-from tests.integration.test_routed_ftps import ReusingFTP_TLS, lftp_tls_get, tls_context
+from tests.integration.test_routed_ftps import (
+    ReusingFTP_TLS,
+    lftp_tls_get,
+    tls_context,
+    tls_vsftpd,
+)
 
 DATA = os.urandom(1024 * 1024 + 11)
 LOGIN = "anonymous:x"
-
-
-def tls_vsftpd(cluster: Cluster, cert: Path, key: Path, forced: bool) -> Backend:
-    """vsftpd with its own address and passive ports (inspect mode needs no change)
-    and TLS; `forced`: nothing in the clear. Commands are logged (log_ftp_protocol)."""
-    forced_flag = "YES" if forced else "NO"
-    b = cluster.add_vsftpd(
-        unmodified=True,
-        extra=(
-            "ssl_enable=YES",
-            f"rsa_cert_file={cert}",
-            f"rsa_private_key_file={key}",
-            "allow_anon_ssl=YES",
-            f"force_anon_logins_ssl={forced_flag}",
-            f"force_anon_data_ssl={forced_flag}",
-            "require_ssl_reuse=YES",
-            "ssl_ciphers=HIGH",
-            "log_ftp_protocol=YES",
-        ),
-    )
-    (b.root / "data.bin").write_bytes(DATA)
-    incoming = b.root / "incoming"
-    incoming.mkdir()
-    incoming.chmod(0o777)
-    return b
 
 
 def start(
@@ -63,7 +42,16 @@ def start(
     backend_cert, backend_key = make_cert(tmp_path, "backend", ips=tuple(BACKEND_HOSTS))
     cert, key = make_cert(tmp_path, "balancer")
     for _ in range(2):
-        tls_vsftpd(cluster, backend_cert, backend_key, forced)
+        # Commands logged (log_ftp_protocol): `match` is read from them.
+        tls_vsftpd(
+            cluster,
+            backend_cert,
+            backend_key,
+            unmodified=True,
+            forced=forced,
+            data=DATA,
+            extra=("log_ftp_protocol=YES",),
+        )
     ca = backend_cert if trust == "backend" else cert
     cluster.start_balancer(
         mode="inspect",

@@ -33,21 +33,37 @@ from tests.conftest import need
 DATA = os.urandom(1024 * 1024 + 3)
 
 
-def tls_vsftpd(cluster: Cluster, cert: Path, key: Path, implicit: bool) -> Backend:
+def tls_vsftpd(
+    cluster: Cluster,
+    cert: Path,
+    key: Path,
+    *,
+    implicit: bool = False,
+    unmodified: bool = False,
+    forced: bool = True,
+    data: bytes = DATA,
+    extra: tuple[str, ...] = (),
+) -> Backend:
+    """vsftpd with TLS and require_ssl_reuse=YES, `data` as data.bin and a
+    writable incoming/. `forced`: nothing in the clear; `unmodified`: its own
+    address and passive ports (inspect mode), else a routed-mode backend."""
+    forced_flag = "YES" if forced else "NO"
     b = cluster.add_vsftpd(
+        unmodified=unmodified,
         extra=(
             "ssl_enable=YES",
             f"rsa_cert_file={cert}",
             f"rsa_private_key_file={key}",
             "allow_anon_ssl=YES",
-            "force_anon_logins_ssl=YES",
-            "force_anon_data_ssl=YES",
+            f"force_anon_logins_ssl={forced_flag}",
+            f"force_anon_data_ssl={forced_flag}",
             "require_ssl_reuse=YES",
             "ssl_ciphers=HIGH",
             *(["implicit_ssl=YES"] if implicit else []),
-        )
+            *extra,
+        ),
     )
-    (b.root / "data.bin").write_bytes(DATA)
+    (b.root / "data.bin").write_bytes(data)
     incoming = b.root / "incoming"
     incoming.mkdir()
     incoming.chmod(0o777)
