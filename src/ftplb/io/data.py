@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from ftplb.config import PortRange
-from ftplb.io.relay import Relay, client_addresses
+from ftplb.io.relay import Relay, client_addresses, peer_address
 from ftplb.proto import proxy_protocol
 from ftplb.proto.addresses import same_host
 
@@ -174,7 +174,7 @@ class DataChannel:
 
     def _admit(self, transport: asyncio.Transport, client_ip: str) -> bool:
         """Only the session's client, and only once: else refuse and keep listening."""
-        peer, _ = client_addresses(transport)
+        peer = peer_address(transport)
         if same_host(peer[0], client_ip) and self.relay is None and not self.closed:
             return True
         # PASV hijacking (or a second connection).

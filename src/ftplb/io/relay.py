@@ -63,7 +63,9 @@ class Endpoint(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_read += len(data)
-        self.relay.activity()
+        relay = self.relay
+        if relay.clock is not None:
+            relay.last_activity = relay.clock.time()
         peer = self.peer
         if peer is None:
             # Not started: the other side is still being connected, and the
@@ -75,7 +77,6 @@ class Endpoint(asyncio.Protocol):
                 self.transport.pause_reading()
         elif peer.transport is not None and not peer.closed:
             peer.transport.write(data)
-            relay = self.relay
             if relay.splice_check is not None and self.bytes_read + peer.bytes_read >= SPLICE_AFTER:
                 relay.try_splice()
 
@@ -153,9 +154,9 @@ class Relay:
     __slots__ = (
         "_done",
         "_on_close",
-        "_track_activity",
         "backend",
         "client",
+        "clock",
         "end_reason",
         "last_activity",
         "on_client",
@@ -174,7 +175,8 @@ class Relay:
         self.on_client = on_client
         self._done = False
         self.last_activity = 0.0
-        self._track_activity = False
+        self.clock: asyncio.AbstractEventLoop | None = None
+        """Set by `track_activity`: the loop whose time stamps each read."""
         self.spliced: SplicedPair | None = None
         self.splice_check: Callable[[], bool] | None = None
         """Set by `start`: asked, once SPLICE_AFTER bytes have moved, whether the
@@ -299,13 +301,11 @@ class Relay:
 
     # -- idle tracking (control connections only; data relays skip the clock)
 
-    def track_activity(self, now: float) -> None:
-        self._track_activity = True
-        self.last_activity = now
-
-    def activity(self) -> None:
-        if self._track_activity:
-            self.last_activity = asyncio.get_running_loop().time()
+    def track_activity(self, loop: asyncio.AbstractEventLoop) -> None:
+        # The loop, not asyncio.get_running_loop() per read: on Python 3.11
+        # that costs a getpid() system call each time.
+        self.clock = loop
+        self.last_activity = loop.time()
 
     # -- counters
 
@@ -320,11 +320,19 @@ class Relay:
         return self.backend.bytes_read
 
 
+def peer_address(transport: asyncio.BaseTransport) -> tuple[str, int]:
+    """The remote address of a connection, IPv4-mapped IPv6 unmapped."""
+    return _unmap(transport.get_extra_info("peername"))
+
+
+def local_address(transport: asyncio.BaseTransport) -> tuple[str, int]:
+    """The local address of a connection (uvloop asks the kernel each time)."""
+    return _unmap(transport.get_extra_info("sockname"))
+
+
 def client_addresses(transport: asyncio.BaseTransport) -> tuple[tuple[str, int], tuple[str, int]]:
-    """(peer, local) addresses of an accepted connection, IPv4-mapped IPv6 unmapped."""
-    peer = transport.get_extra_info("peername")
-    local = transport.get_extra_info("sockname")
-    return _unmap(peer), _unmap(local)
+    """(peer, local) addresses of an accepted connection."""
+    return peer_address(transport), local_address(transport)
 
 
 def _unmap(addr: tuple[str, int] | tuple[str, int, int, int]) -> tuple[str, int]:

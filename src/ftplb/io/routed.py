@@ -17,7 +17,7 @@ from typing import Any
 from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config, HostPort
 from ftplb.io import kernel, splice
-from ftplb.io.relay import Relay, client_addresses, enable_keepalive
+from ftplb.io.relay import Relay, enable_keepalive, local_address, peer_address
 from ftplb.proto import proxy_protocol
 from ftplb.shared import Shared
 
@@ -32,25 +32,30 @@ class Session:
 
     __slots__ = (
         "_connect_task",
+        "_local_addr",
         "backend",
         "balancer",
         "client_addr",
         "counted",
         "implicit",
         "kind",
-        "local_addr",
+        "port",
         "relay",
         "started",
         "tried",
     )
 
-    def __init__(self, balancer: RoutedBalancer, kind: str, backend: Backend | None) -> None:
+    def __init__(
+        self, balancer: RoutedBalancer, kind: str, backend: Backend | None, port: int = 0
+    ) -> None:
         self.balancer = balancer
         self.kind = kind  # "control" or "data"
         self.backend = backend
+        self.port = port
+        """A data session's port (the same on the backend)."""
         self.relay = Relay(self._closed, self.client_connected)
         self.client_addr: tuple[str, int] = ("", 0)
-        self.local_addr: tuple[str, int] = ("", 0)
+        self._local_addr: tuple[str, int] | None = None
         self.started = 0.0
         self.counted = False
         self.tried: tuple[str, ...] = ()
@@ -61,12 +66,21 @@ class Session:
 
     def client_connected(self) -> None:
         """Called from the client endpoint's connection_made (reading is paused)."""
-        loop = asyncio.get_running_loop()
-        self.started = loop.time()
+        self.started = self.balancer.loop.time()
         transport = self.relay.client.transport
         assert transport is not None
-        self.client_addr, self.local_addr = client_addresses(transport)
+        self.client_addr = peer_address(transport)
         self.balancer.session_opened(self)
+
+    @property
+    def local_addr(self) -> tuple[str, int]:
+        """The address the client connected to; asked only when a PROXY header needs it
+        (each ask is a system call)."""
+        if self._local_addr is None:
+            transport = self.relay.client.transport
+            assert transport is not None
+            self._local_addr = local_address(transport)
+        return self._local_addr
 
     def refuse(self, reply: bytes, reason: str) -> None:
         transport = self.relay.client.transport
@@ -85,7 +99,7 @@ class Session:
 
     def connect(self, backend: Backend, port: int, preamble: bytes) -> None:
         self.backend = backend
-        task = asyncio.create_task(self._connect(backend, port, preamble))
+        task = self.balancer.loop.create_task(self._connect(backend, port, preamble))
         self._connect_task = task
         # A finished task keeps its coroutine's frame: drop it (idle sessions are many).
         task.add_done_callback(self._connected)
@@ -95,7 +109,7 @@ class Session:
             self._connect_task = None
 
     async def _connect(self, backend: Backend, port: int, preamble: bytes) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.balancer.loop
         timeout = self.balancer.config.balancer.connect_timeout
         while True:
             try:
@@ -131,7 +145,7 @@ class Session:
     # -- idle timeout (control sessions)
 
     def start_idle_clock(self) -> None:
-        self.relay.track_activity(asyncio.get_running_loop().time())
+        self.relay.track_activity(self.balancer.loop)
 
     # -- the end
 
@@ -141,11 +155,10 @@ class Session:
         self.balancer.session_closed(self)
 
     def log_line(self) -> str:
-        loop = asyncio.get_running_loop()
-        duration = loop.time() - self.started
+        duration = self.balancer.loop.time() - self.started
         client = HostPort(*self.client_addr)
         backend = self.backend.name if self.backend else "-"
-        extra = f" port={self.local_addr[1]}" if self.kind == "data" else ""
+        extra = f" port={self.port}" if self.kind == "data" else ""
         if self.relay.spliced is not None:
             extra += " relay=splice"
         return (
@@ -177,11 +190,13 @@ class RoutedBalancer:
         # whose client is moving data to its backend is not idle.
         self._data_by_client: Counter[tuple[str, str]] = Counter()
         self._sessions: set[Session] = set()
+        self.loop = asyncio.get_running_loop()
+        """Kept: asking asyncio for it costs a getpid() system call on Python 3.11."""
 
     # -- listeners
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         listen = self.config.balancer.listen
         if self.kernel:
             await kernel.install(self.config)
@@ -250,7 +265,7 @@ class RoutedBalancer:
 
     def _data_factory(self, backend: Backend, port: int) -> Any:
         def factory() -> Any:
-            session = Session(self, "data", backend)
+            session = Session(self, "data", backend, port)
             self._sessions.add(session)
             return session.relay.client
 
@@ -336,7 +351,7 @@ class RoutedBalancer:
                 header = proxy_protocol.encode(
                     version if version != "off" else "v1", session.client_addr, session.local_addr
                 )
-            session.connect(backend, session.local_addr[1], header)
+            session.connect(backend, session.port, header)
             return
 
         if self.shared.sessions.total("") >= self.config.balancer.max_sessions:
