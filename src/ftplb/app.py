@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import resource
 import signal
@@ -228,6 +229,10 @@ async def serve(
     if supervisor is None:
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         log.info("ready: %d of %d backends up", up, len(runtime.pool.backends))
+    # What exists now (modules, config, listeners) lives as long as the process:
+    # keep the collector from scanning it again and again under load.
+    gc.collect()
+    gc.freeze()
     if started is not None:
         started()
     try:

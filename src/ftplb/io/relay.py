@@ -292,6 +292,20 @@ class Relay:
         if client_gone and backend_gone:
             self._done = True
             self._on_close(self)
+            self._unlink()
+
+    def _unlink(self) -> None:
+        """Break the reference cycles (relay and endpoints, the two peers, the
+        owner's callbacks): a finished relay is then freed at once by reference
+        counting. Left to the garbage collector, a busy balancer spent about a
+        tenth of each session's CPU collecting them."""
+        self._on_close = _ignore
+        self.on_client = None
+        self.splice_check = None
+        for side in (self.client, self.backend):
+            side.peer = None
+            if side.closed:  # no callback can come any more
+                side.relay = FINISHED
 
     def backend_failed(self, reason: str) -> None:
         """The backend connection could not be made."""
@@ -318,6 +332,15 @@ class Relay:
     def bytes_down(self) -> int:
         """Backend to client."""
         return self.backend.bytes_read
+
+
+def _ignore(relay: Relay) -> None:
+    pass
+
+
+FINISHED = Relay(_ignore)
+"""What a closed endpoint of a finished relay points to instead of it."""
+FINISHED._done = True
 
 
 def peer_address(transport: asyncio.BaseTransport) -> tuple[str, int]:
