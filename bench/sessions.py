@@ -69,6 +69,8 @@ async def one_session(host: str, port: int) -> None:
             raise ConnectionError("login failed")
         writer.write(b"EPSV\r\n")
         line = await reply()
+        if b"|" not in line:
+            raise ConnectionError(f"EPSV: {line!r}")
         data_port = int(line.split(b"|")[3])
         data_reader, data_writer = await asyncio.open_connection(host, data_port)
         writer.write(b"LIST\r\n")

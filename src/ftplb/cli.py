@@ -10,7 +10,7 @@ import logging
 import sys
 import time
 
-from ftplb import __version__
+from ftplb import __version__, ephemeral
 from ftplb.config import Config, load_config
 from ftplb.errors import ConfigError
 
@@ -90,6 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     limit = raise_file_limit()
     uv = install_uvloop()
     log.info("ftplb %s, %s, file limit %d", __version__, "uvloop" if uv else "asyncio", limit)
+    for line in ephemeral.warnings(config):
+        log.warning("%s", line.removeprefix("warning: "))
     if config.balancer.worker_count() > 1:
         from ftplb import workers
 
@@ -154,6 +156,7 @@ def plan(config: Config) -> list[str]:
         )
         for user, backend in sorted(config.users.items()):
             lines.append(f"user {user} -> {backend}")
+    lines.extend(ephemeral.warnings(config))
     lines.extend(_tls_plan(config))
     if config.admin.listen is not None:
         token = "token required for changes" if config.admin.token else "no token: changes open"

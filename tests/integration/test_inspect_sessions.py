@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import signal
+import socket
 import time
 
 import pytest
@@ -178,3 +179,54 @@ def test_backend_killed_mid_transfer(cluster: Cluster) -> None:
             ftp.voidresp()
     other = next(x for x in cluster.backends if x is not victim)
     assert whoami(cluster, "alice", "secret") == other.name
+
+
+def test_a_burst_of_passive_requests_gets_the_whole_data_port_range(cluster: Cluster) -> None:
+    # 70 sessions ask EPSV at the same moment, with exactly 70 data ports: each
+    # gets its own port (concurrent sessions once raced for the same candidates
+    # and, past 64 tries, answered 425 with free ports left). The 71st gets 425
+    # until a session ends and gives its port back.
+    count = 70
+    cluster.add_backend(proxy_protocol=False, passive_size=None, masquerade=None)
+    first = free_ports(count)
+    cluster.start_balancer(
+        mode="inspect", send_proxy="off", data_ports=f"{first}-{first + count - 1}"
+    )
+    sessions = []
+    try:
+        for i in range(count + 1):
+            sock = socket.create_connection((BALANCER_HOST, cluster.balancer_port), timeout=10)
+            reader = sock.makefile("rb")
+            sessions.append((sock, reader))
+            assert reader.readline().startswith(b"220")
+            sock.sendall(b"USER alice\r\nPASS secret\r\n")
+            assert reader.readline().startswith(b"331")
+            assert reader.readline().startswith(b"230"), i
+        burst, last = sessions[:count], sessions[count]
+        for sock, _ in burst:
+            sock.sendall(b"EPSV\r\n")
+        replies = [reader.readline() for _, reader in burst]
+        assert all(r.startswith(b"229 ") for r in replies), [r for r in replies if r[:3] != b"229"]
+        given = {int(r.split(b"|")[3]) for r in replies}
+        assert given == set(range(first, first + count))
+        last[0].sendall(b"EPSV\r\n")
+        assert last[1].readline().startswith(b"425 ")
+        burst[0][0].sendall(b"QUIT\r\n")
+        assert burst[0][1].readline().startswith(b"221")
+        port = int(replies[0].split(b"|")[3])
+
+        def epsv() -> bytes | None:
+            # The port comes back once the ended session's listener has closed.
+            last[0].sendall(b"EPSV\r\n")
+            line = last[1].readline()
+            return line if line.startswith(b"229 ") else None
+
+        assert wait_for(epsv, what="a port given back") == (
+            f"229 Entering Extended Passive Mode (|||{port}|)\r\n".encode()
+        )
+    finally:
+        for sock, reader in sessions:
+            reader.close()
+            sock.close()
+    assert cluster.balancer is not None
+    assert f"all {count} data ports in use" in cluster.balancer.log()

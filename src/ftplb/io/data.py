@@ -73,20 +73,38 @@ class _TLSAccept(asyncio.Protocol):
 
 
 class DataPorts:
-    """Hands out ports of `data_ports` round-robin, skipping ones in use."""
+    """Hands out ports of `data_ports` round-robin. A port is ours from `take`
+    until `release`: concurrent sessions never try to bind the same port (under
+    load they used to, and a burst of them could run out of candidates and
+    answer 425 with most of the range free)."""
+
+    BIND_ATTEMPTS = 64
+    """Ports a listen tries before giving up (others may be taken by other
+    programs, or by outgoing connections if the range overlaps the kernel's
+    ephemeral ports: `ftplb check` warns of that)."""
 
     def __init__(self, ports: PortRange) -> None:
         self.ports = ports
         self._next = ports.first
+        self._taken: set[int] = set()
 
-    def candidates(self) -> list[int]:
-        start = self._next
-        span = len(self.ports)
-        order = [self.ports.first + (start - self.ports.first + i) % span for i in range(span)]
-        return order
+    def take(self) -> int | None:
+        """The next port no listener of ours holds, now ours; None if all are taken."""
+        first, span = self.ports.first, len(self.ports)
+        for i in range(span):
+            port = first + (self._next - first + i) % span
+            if port not in self._taken:
+                self._taken.add(port)
+                self._next = port + 1 if port < self.ports.last else first
+                return port
+        return None
 
-    def used(self, port: int) -> None:
-        self._next = port + 1 if port < self.ports.last else self.ports.first
+    def release(self, port: int) -> None:
+        self._taken.discard(port)
+
+    @property
+    def taken(self) -> int:
+        return len(self._taken)
 
 
 class DataChannel:
@@ -124,6 +142,8 @@ class DataChannel:
         self._on_close = on_close
         self.relay: Relay | None = None
         self.server: asyncio.Server | None = None
+        self._listening: tuple[DataPorts, int] | None = None
+        """The port `server` holds, to give back when it closes."""
         self.closed = False
         self.mode = "active"
         self._tasks: set[asyncio.Task[None]] = set()
@@ -145,7 +165,10 @@ class DataChannel:
         loop = asyncio.get_running_loop()
         self.mode = "passive"
         last_error: OSError | None = None
-        for port in ports.candidates()[:64]:
+        for _ in range(DataPorts.BIND_ATTEMPTS):
+            port = ports.take()
+            if port is None:
+                break
             try:
                 self.server = await loop.create_server(
                     lambda: self._accept_protocol(client_ip, backend),
@@ -155,15 +178,16 @@ class DataChannel:
                     backlog=8,
                 )
             except OSError as exc:
+                ports.release(port)
                 last_error = exc
                 continue
-            ports.used(port)
+            self._listening = (ports, port)
             if self.closed:  # closed while we were binding
-                self.server.close()
+                self._stop_listening()
                 raise OSError("data channel closed")
             self._timer = loop.call_later(timeout, self._listen_timeout, timeout)
             return port
-        raise last_error or OSError("no free data port")
+        raise last_error or OSError(f"all {len(ports.ports)} data ports in use")
 
     def _accept_protocol(self, client_ip: str, backend: tuple[str, int]) -> asyncio.Protocol:
         if self.tls is not None:
@@ -285,6 +309,10 @@ class DataChannel:
         if self.server is not None:
             self.server.close()
             self.server = None
+        if self._listening is not None:
+            ports, port = self._listening
+            ports.release(port)
+            self._listening = None
 
     # -- connections we make
 
