@@ -6,8 +6,10 @@ Sessions per second: each of 1, 16 or 64 concurrent clients loops over
 connect, USER/PASS, LIST of a small directory, QUIT, for a fixed time; rows
 for a backend reached directly, through ftplb routed mode (one process, and
 `workers = 2`) and through HAProxy running `ftplb render haproxy`'s config
-(HAProxy 2.6 runs one thread per core by default), interleaved. Backends: three
-`ftplb backend`s (pyftpdlib); the direct row shows what they manage alone.
+(HAProxy 2.6 runs one thread per core by default), through ftplb inspect mode
+and through its peer, ProFTPD's mod_proxy (a process per session),
+interleaved. Backends: three `ftplb backend`s (pyftpdlib); the direct row shows
+what they manage alone.
 
 Idle sessions: N control connections held open through ftplb and through
 HAProxy to a minimal greeter (so that no FTP server limits N); RSS growth of
@@ -46,7 +48,7 @@ from tests.cluster import (  # noqa: E402
     wait_for,
 )
 
-from bench.transfer import machine, start_haproxy, write_block  # noqa: E402
+from bench.transfer import machine, start_haproxy, start_mod_proxy, write_block  # noqa: E402
 
 
 async def one_session(host: str, port: int) -> None:
@@ -85,14 +87,25 @@ async def one_session(host: str, port: int) -> None:
         writer.close()
 
 
+FAILED: dict[str, int] = {}
+"""Sessions that ended in an error, by reason (counted, not fatal: the table says so)."""
+
+
 async def rate(host: str, port: int, clients: int, seconds: float) -> float:
+    """Completed sessions per second."""
     done = 0
     deadline = time.monotonic() + seconds
 
     async def client() -> None:
         nonlocal done
         while time.monotonic() < deadline:
-            await one_session(host, port)
+            try:
+                await one_session(host, port)
+            except (OSError, ValueError, IndexError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"[:80]
+                FAILED[reason] = FAILED.get(reason, 0) + 1
+                await asyncio.sleep(0.01)
+                continue
             done += 1
 
     started = time.monotonic()
@@ -100,8 +113,12 @@ async def rate(host: str, port: int, clients: int, seconds: float) -> float:
     return done / (time.monotonic() - started)
 
 
+MOD_PROXY = "ProFTPD mod_proxy (inspect peer)"
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of `pid` and its children (a supervisor's workers)."""
+    """User + system CPU of `pid`, of its live children (a supervisor's workers)
+    and of the children it has reaped (ProFTPD's per-session processes)."""
     total = 0.0
     tick = os.sysconf("SC_CLK_TCK")
     pids = [pid]
@@ -109,8 +126,12 @@ def cpu_seconds(pid: int) -> float:
     if children.exists():
         pids += [int(x) for x in children.read_text().split()]
     for p in pids:
-        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / tick
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except FileNotFoundError:
+            continue  # a session process that just ended: its parent reaps its CPU
+        fields = stat.rsplit(")", 1)[1].split()
+        total += sum(int(x) for x in fields[11:15]) / tick
     return total
 
 
@@ -180,11 +201,27 @@ def main() -> int:
         wait_for(lambda: "ready:" in lb2.log(), what="ftplb with 2 workers")
         haproxy_url = start_haproxy(c, Path(tmp), "127.0.0.2", "")
         haproxy_port = int(haproxy_url.rsplit(":", 1)[1].split("/")[0])
+        # Inspect mode, its data ports below the kernel's ephemeral range.
+        inspect_port = free_ports(1, "127.0.0.5")
+        first = free_ports(300, "127.0.0.5")
+        config3 = Path(tmp) / "inspect.toml"
+        config3.write_text(
+            c.config_text(
+                send_proxy="off",
+                mode="inspect",
+                listen=f"127.0.0.5:{inspect_port}",
+                public_address="127.0.0.5",
+                data_ports=f"{first}-{first + 299}",
+            )
+        )
+        lb3 = c.spawn("ftplb-inspect", [sys.executable, "-m", "ftplb", "run", "-c", str(config3)])
+        wait_for(lambda: "ready:" in lb3.log(), what="ftplb inspect")
         targets = {
             "direct (one backend)": (c.backends[0].host, c.backends[0].port),
             "ftplb routed, 1 process": (BALANCER_HOST, c.balancer_port),
             "ftplb routed, 2 workers": ("127.0.0.3", port2),
             "HAProxy (rendered)": ("127.0.0.2", haproxy_port),
+            "ftplb inspect, 1 process": ("127.0.0.5", inspect_port),
         }
         assert c.balancer is not None
         haproxy_pid = next(p for p in c.processes if p.name.startswith("haproxy")).popen.pid
@@ -192,15 +229,27 @@ def main() -> int:
             "ftplb routed, 1 process": c.balancer.popen.pid,
             "ftplb routed, 2 workers": lb2.popen.pid,
             "HAProxy (rendered)": haproxy_pid,
+            "ftplb inspect, 1 process": lb3.popen.pid,
         }
+        mod_proxy = start_mod_proxy(c, *c.backends, passive=300)
+        if mod_proxy is not None:
+            host, rest = mod_proxy.split("@", 1)[1].split(":", 1)
+            targets[MOD_PROXY] = (host, int(rest.split("/")[0]))
+            pids[MOD_PROXY] = next(p for p in c.processes if p.name == "mod-proxy").popen.pid
         rates: dict[tuple[str, int], list[float]] = {}
+        errors: dict[tuple[str, int], int] = {}
         cpu: dict[tuple[str, int], list[float]] = {}
         for _ in range(args.rounds):
             for clients in (1, 16, 64):
                 for name, (host, port) in targets.items():
                     before = cpu_seconds(pids[name]) if name in pids else 0.0
                     started = time.monotonic()
+                    failed_before = sum(FAILED.values())
                     value = uvloop.run(rate(host, port, clients, args.seconds))
+                    if sum(FAILED.values()) > failed_before:
+                        errors[(name, clients)] = errors.get((name, clients), 0) + (
+                            sum(FAILED.values()) - failed_before
+                        )
                     sessions = value * (time.monotonic() - started)
                     rates.setdefault((name, clients), []).append(value)
                     if name in pids:
@@ -217,8 +266,15 @@ def main() -> int:
         "|---|---:|---:|---:|",
     ]
     for name in targets:
-        cells = [f"{statistics.median(rates[(name, n)]):,.0f}" for n in (1, 16, 64)]
+        cells = [
+            f"{statistics.median(rates[(name, n)]):,.0f}"
+            + (f" ({errors[(name, n)]} failed)" if (name, n) in errors else "")
+            for n in (1, 16, 64)
+        ]
         lines.append(f"| {name} | {' | '.join(cells)} |")
+    if FAILED:
+        lines += ["", "Failed sessions, by error:", ""]
+        lines += [f"- {reason}: {n}" for reason, n in sorted(FAILED.items())]
     lines += [
         "",
         "Balancer CPU per session (user + system, all its processes), milliseconds:",

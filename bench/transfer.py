@@ -142,9 +142,10 @@ def ftps_rows(c: Cluster, tmp: Path, plain: Backend) -> dict[str, Row]:
     }
 
 
-def start_mod_proxy(c: Cluster, backend: Backend) -> str | None:
+def start_mod_proxy(c: Cluster, *backends: Backend, passive: int = 50) -> str | None:
     """ProFTPD with Debian's mod_proxy (both unpacked into .deps by `make deps`)
-    as a reverse proxy in front of `backend`; its URL, or None without them."""
+    as a reverse proxy in front of `backends` (least connections); its URL, or
+    None without them."""
     proftpd = UNPACKED / "usr" / "sbin" / "proftpd"
     modules = UNPACKED / "usr" / "lib" / "proftpd"
     if not (proftpd.exists() and (modules / "mod_proxy.so").exists()):
@@ -152,8 +153,12 @@ def start_mod_proxy(c: Cluster, backend: Backend) -> str | None:
         return None
     host = "127.0.0.4"
     port = free_ports(1, host)
-    first = free_ports(50, host)
-    state = c.public_dir("mod-proxy")  # ProFTPD drops to nobody before opening its tables
+    first = free_ports(passive, host)
+    # ProFTPD drops to nobody before opening its tables. They are SQLite files,
+    # written at each session's start: in memory, so that a disk's fsync (0.4 s
+    # per session on this VM's disk) does not stand for mod_proxy's speed.
+    shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
+    state = c.public_dir("mod-proxy", under=shm)
     tables = state / "tables"
     tables.mkdir()
     tables.chmod(0o777)
@@ -163,17 +168,19 @@ def start_mod_proxy(c: Cluster, backend: Backend) -> str | None:
             [
                 *proftpd_standalone("mod_proxy", host, port, state),
                 "MaxInstances 200",
-                f"PassivePorts {first} {first + 49}",
+                f"PassivePorts {first} {first + passive - 1}",
                 f"ModulePath {modules}",
                 "LoadModule mod_proxy.c",
                 "ProxyEngine on",
                 f"ProxyLog {state}/proxy.log",
                 f"ProxyTables {tables}",
                 "ProxyRole reverse",
+                # Plain FTP backends: no TLS set-up (a CA bundle parsed per session).
+                "ProxyTLSEngine off",
                 "ProxyReverseConnectPolicy LeastConns",
                 # EPSV toward the backend: its PASV names the routed balancer (masquerade).
                 "ProxyDataTransferPolicy EPSV",
-                f"ProxyReverseServers ftp://{backend.address}",
+                "ProxyReverseServers " + " ".join(f"ftp://{b.address}" for b in backends),
                 "",
             ]
         )

@@ -142,10 +142,11 @@ class Cluster:
     processes: list[Process] = field(default_factory=list)
     scratch: list[Path] = field(default_factory=list)
 
-    def public_dir(self, name: str) -> Path:
+    def public_dir(self, name: str, under: str | None = None) -> Path:
         """A directory every user can traverse (pytest's tmp_path is root-only,
-        and servers that drop privileges before chroot need the way in)."""
-        path = Path(tempfile.mkdtemp(prefix=f"ftplb-{name}-"))
+        and servers that drop privileges before chroot need the way in); in
+        `under` if given (/dev/shm: memory)."""
+        path = Path(tempfile.mkdtemp(prefix=f"ftplb-{name}-", dir=under))
         path.chmod(0o755)
         self.scratch.append(path)
         return path
