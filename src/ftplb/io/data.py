@@ -150,6 +150,7 @@ class DataChannel:
         self._timer: asyncio.TimerHandle | None = None
         self._opened = False
         self._refused: set[Relay] = set()
+        self.loop = asyncio.get_running_loop()
 
     # -- passive: the client connects to us
 
@@ -162,7 +163,7 @@ class DataChannel:
         timeout: float,
     ) -> int:
         """Open a listener on a free port of `ports`; returns the port. Raises OSError."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self.mode = "passive"
         last_error: OSError | None = None
         for _ in range(DataPorts.BIND_ATTEMPTS):
@@ -235,7 +236,7 @@ class DataChannel:
         # TLS goes in right here: uvloop may hand us the ClientHello even on a
         # paused transport, so a start_tls task one loop turn later could miss it.
         assert self.tls is not None
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         handshake: asyncio.Future[None] = loop.create_future()
         protocol = SSLProtocol(
             loop,
@@ -338,7 +339,7 @@ class DataChannel:
         local: tuple[str, int] | None,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         try:
             if tls is None:
                 async with asyncio.timeout(10):
@@ -377,7 +378,7 @@ class DataChannel:
     ) -> None:
         """Connect, send the PROXY header in the clear, then a TLS handshake that
         resumes the backend control session; the endpoint sees only plaintext."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -438,7 +439,7 @@ class DataChannel:
         self._on_open()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
+        task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -112,7 +112,7 @@ class ControlSession:
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        return asyncio.get_running_loop()
+        return self.balancer.loop
 
     def other(self, side: _Side) -> _Side | None:
         return self.backend_side if side is self.client else self.client
@@ -462,7 +462,7 @@ class ControlSession:
             self.run(self.core.tick(self.loop.time()))
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+        task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -521,9 +521,11 @@ class InspectBalancer:
         self.tls = server_context(config) if config.tls.cert else None
         self.backend_tls = backend_context(config) if config.tls.backend_tls != "off" else None
         self._prune_timer: asyncio.TimerHandle | None = None
+        self.loop = asyncio.get_running_loop()
+        """Kept: asking asyncio for it costs a getpid() system call on Python 3.11."""
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         listen = self.config.balancer.listen
         reuse_port = self.shared.workers > 1  # each worker binds; the kernel spreads
         server = await loop.create_server(
@@ -588,7 +590,7 @@ class InspectBalancer:
         """'' to let the session in, else the 421 text."""
         b = self.config.balancer
         ip = session.client_addr[0]
-        now = asyncio.get_running_loop().time()
+        now = self.loop.time()
         if self.guard.banned(ip, now) or self.shared.bans.active(ip, now):
             self.rejected["banned"] += 1
             return "Too many failed logins from your address, try again later."
@@ -623,7 +625,7 @@ class InspectBalancer:
             log.info("%s logged in on %s", session.who(), where)
             return
         ip = session.client_addr[0]
-        now = asyncio.get_running_loop().time()
+        now = self.loop.time()
         if self.guard.failed(ip, now):
             self.shared.bans.extend(ip, now + self.config.balancer.ban_time)
             log.warning(
