@@ -75,6 +75,9 @@ def test_backend_that_never_greets_is_marked_down(cluster: Cluster) -> None:
     host = BACKEND_HOSTS[1]
     port = free_ports(1, host)
     with socket.socket() as mute:
+        # free_ports checks with SO_REUSEADDR: a TIME_WAIT left on the port by an
+        # earlier test must not fail this bind either.
+        mute.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         mute.bind((host, port))
         mute.listen(64)
         cluster.add_fake_backend("mute", host, port)
