@@ -16,15 +16,23 @@ from ftplb.errors import ConfigError
 
 EXIT_CONFIG = 2
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s{worker}: %(message)s"
 
 
 class TextFormatter(logging.Formatter):
-    """`time level logger: message`; the time's text is made once a second, not per line."""
+    """`time level logger: message`; the time's text is made once a second, not per line.
+    In a worker process the logger's name says which: `ftplb.session[w1]`."""
 
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        super().__init__(TEXT_FORMAT.format(worker=""))
         self._second = -1
         self._stamp = ""
+        self.worker: int | None = None
+
+    def set_worker(self, index: int) -> None:
+        self.worker = index
+        self._style = logging.PercentStyle(TEXT_FORMAT.format(worker=f"[w{index}]"))
+        self._fmt = self._style._fmt
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         second = int(record.created)
@@ -34,15 +42,17 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(TextFormatter):
-    """One JSON object per line: ts, level, logger, msg."""
+    """One JSON object per line: ts, level, logger, msg (and worker, in a worker)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, str | int] = {
             "ts": self.formatTime(record).replace(" ", "T").replace(",", "."),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if self.worker is not None:
+            entry["worker"] = self.worker
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -65,6 +75,13 @@ def setup_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else getattr(logging, level.upper()))
+
+
+def tag_worker(index: int) -> None:
+    """In worker `index`: every log line says so (text `name[wN]`, JSON "worker")."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, TextFormatter):
+            handler.formatter.set_worker(index)
 
 
 def _load(path: str) -> Config | None:

@@ -188,6 +188,7 @@ def _ports_free(config: Config) -> str:
 def run(config: Config) -> int:
     """Fork the workers, then supervise them. Returns the exit code."""
     from ftplb.app import serve
+    from ftplb.cli import tag_worker
 
     busy = _ports_free(config)
     if busy:
@@ -206,6 +207,7 @@ def run(config: Config) -> int:
                 for w in workers:
                     w.sock.close()
                 shared.set_worker(index)
+                tag_worker(index)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads come from the supervisor
                 code = asyncio.run(serve(config, shared=shared, supervisor=theirs))
             except BaseException:

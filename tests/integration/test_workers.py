@@ -71,6 +71,11 @@ def test_every_worker_serves_and_every_byte_arrives(cluster: Cluster, mode: str)
     assert sum(totals) == 24 and all(t > 0 for t in totals), totals
     backends = call(admin + "/api/backends")
     assert sum(b["sessions"]["total"] for b in backends) == 24
+    # Each line says which worker wrote it.
+    assert cluster.balancer is not None
+    sessions = [x for x in cluster.balancer.log().splitlines() if " INFO ftplb.session" in x]
+    by_worker = {w: sum(f"ftplb.session[w{w}]: control " in x for x in sessions) for w in (0, 1)}
+    assert sum(by_worker.values()) == 24 and all(by_worker.values()), by_worker
 
 
 def test_leastconn_across_workers(cluster: Cluster) -> None:
