@@ -124,7 +124,10 @@ def test_drain_and_reload_reach_every_worker(cluster: Cluster) -> None:
     os.kill(cluster.balancer.popen.pid, signal.SIGHUP)
     wait_for(lambda: call(admin + "/api/status")["reloads"] == 1, what="the reload")
     log = cluster.balancer.log
-    wait_for(lambda: log().count("INFO ftplb: reloaded ") == WORKERS, what="every worker to reload")
+    wait_for(
+        lambda: all(f"INFO ftplb[w{i}]: reloaded " in log() for i in range(WORKERS)),
+        what="every worker to reload",
+    )
     assert [b["weight"] for b in call(admin + "/api/backends")] == [7, 1, 1]
 
 
