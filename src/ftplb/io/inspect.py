@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import socket
 import ssl
 from collections import Counter
 from typing import Any, cast
@@ -19,7 +18,13 @@ from ftplb.balancer.guard import LoginGuard
 from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config, HostPort
 from ftplb.io.data import BackendTLS, DataChannel, DataPorts
-from ftplb.io.relay import HIGH_WATER, LOW_WATER, client_addresses, enable_keepalive
+from ftplb.io.relay import (
+    HIGH_WATER,
+    LOW_WATER,
+    client_addresses,
+    control_listener,
+    enable_keepalive,
+)
 from ftplb.proto import proxy_protocol
 from ftplb.proto.ftp import reply
 from ftplb.proto.session import (
@@ -124,17 +129,12 @@ class ControlSession:
         assert transport is not None
         self.started = self.loop.time()
         self.client_addr, self.local_addr = client_addresses(transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # ABOR arrives as urgent data: keep it in the stream.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
         refusal = self.balancer.admit(self)
         if refusal:
             transport.write(reply(421, refusal))
             self.close(refusal)
             return
         self.counted = True
-        enable_keepalive(transport)
         b = self.balancer.config.balancer
         self.core = InspectSession(
             SessionSettings(
@@ -553,6 +553,8 @@ class InspectBalancer:
                 )
             )
             log.info("inspect mode: implicit FTPS on %s", implicit)
+        for each in self.servers:
+            control_listener(each, oob_inline=True)  # ABOR arrives as urgent data
         self._prune_guard()
         log.info(
             "inspect mode: control on %s, data ports %s, clients are told %s",

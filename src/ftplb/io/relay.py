@@ -365,8 +365,19 @@ def _unmap(addr: tuple[str, int] | tuple[str, int, int, int]) -> tuple[str, int]
     return host, addr[1]
 
 
+def control_listener(server: asyncio.Server, oob_inline: bool = False) -> None:
+    """Options of a control listener that its accepted sockets inherit (Linux):
+    keepalive (dead peers are found eventually) and, for a reader of the
+    control channel, urgent data kept in the stream (ABOR arrives so). Set
+    once here, not per connection."""
+    for sock in server.sockets:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if oob_inline:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+
+
 def enable_keepalive(transport: asyncio.BaseTransport) -> None:
-    """TCP keepalive on a long-lived control socket: dead peers are found eventually."""
+    """TCP keepalive on a long-lived control socket we connect (to a backend)."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):

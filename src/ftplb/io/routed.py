@@ -17,7 +17,13 @@ from typing import Any
 from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config, HostPort
 from ftplb.io import kernel, splice
-from ftplb.io.relay import Relay, enable_keepalive, local_address, peer_address
+from ftplb.io.relay import (
+    Relay,
+    control_listener,
+    enable_keepalive,
+    local_address,
+    peer_address,
+)
 from ftplb.proto import proxy_protocol
 from ftplb.shared import Shared
 
@@ -202,6 +208,7 @@ class RoutedBalancer:
             await kernel.install(self.config)
         try:
             self.control_server = await self._listen(loop, listen, self._control_factory)
+            control_listener(self.control_server)
         except OSError:
             if self.kernel:
                 await kernel.remove()
@@ -210,6 +217,7 @@ class RoutedBalancer:
         if implicit is not None:
             # Implicit FTPS (port 990): the same opaque relay, to each backend's implicit port.
             self.implicit_server = await self._listen(loop, implicit, self._implicit_factory)
+            control_listener(self.implicit_server)
             log.info("routed mode: implicit FTPS on %s", implicit)
         for backend in self.pool.backends:
             await self.open_data_listeners(backend)
@@ -368,7 +376,6 @@ class RoutedBalancer:
         self.shared.sessions.add("", 1)
         self.sessions_total += 1
         self._assign(session, backend)
-        enable_keepalive(session.relay.client.transport)  # type: ignore[arg-type]
         header = self.control_preamble(session, backend)
         session.connect(backend, 0, header)
         session.start_idle_clock()
