@@ -3,7 +3,7 @@ through HAProxy running `ftplb render haproxy`'s config (default and tuned), and
 through ProFTPD's mod_proxy as a reverse proxy (the inspect-mode peer: it reads
 the control channel and relays data itself, as ftplb inspect does).
 
-    .venv/bin/python bench/transfer.py [--size-mib 512] [--rounds 5] [--write-docs]
+    .venv/bin/python bench/transfer.py [--size-mib 1024] [--rounds 7] [--write-docs]
 
 Starts real processes (`ftplb backend`, `ftplb run`) on loopback, downloads a
 generated file with curl in interleaved rounds, and prints medians and the
@@ -273,23 +273,23 @@ def main() -> int:
             "inspect", [sys.executable, "-m", "ftplb", "run", "-c", str(inspect_config)]
         )
         wait_for(lambda: "ready:" in inspect.log(), what="the inspect-mode balancer")
-        # Routed mode splicing even a lone stream, on its own address.
-        spliced_port = free_ports(1, "127.0.0.7")
-        spliced_config = Path(tmp) / "spliced.toml"
-        spliced_config.write_text(
+        # Routed mode without splice (the Protocol relay alone), on its own address.
+        protocol_port = free_ports(1, "127.0.0.7")
+        protocol_config = Path(tmp) / "protocol-relay.toml"
+        protocol_config.write_text(
             c.config_text(
                 send_proxy="off",
-                listen=f"127.0.0.7:{spliced_port}",
+                listen=f"127.0.0.7:{protocol_port}",
                 data_listen="127.0.0.7",
                 public_address="127.0.0.7",
             )
         )
-        spliced = c.spawn(
-            "spliced",
-            [sys.executable, "-m", "ftplb", "run", "-c", str(spliced_config)],
-            env={"FTPLB_SPLICE": "1"},
+        protocol = c.spawn(
+            "protocol-relay",
+            [sys.executable, "-m", "ftplb", "run", "-c", str(protocol_config)],
+            env={"FTPLB_SPLICE": "0"},
         )
-        wait_for(lambda: "ready:" in spliced.log(), what="the routed balancer that always splices")
+        wait_for(lambda: "ready:" in protocol.log(), what="the routed balancer that never splices")
         haproxy_urls = {}
         for label, host, tuning in (
             ("HAProxy 2.6 tcp, classic design (rendered)", "127.0.0.2", ""),
@@ -301,8 +301,8 @@ def main() -> int:
             "ftplb routed (curl <- ftplb <- backend)": (
                 f"ftp://{USER}:{PASSWORD}@{BALANCER_HOST}:{c.balancer_port}/big.bin"
             ),
-            "ftplb routed, spliced (FTPLB_SPLICE=1)": (
-                f"ftp://{USER}:{PASSWORD}@127.0.0.7:{spliced_port}/big.bin"
+            "ftplb routed, Protocol relay only (FTPLB_SPLICE=0)": (
+                f"ftp://{USER}:{PASSWORD}@127.0.0.7:{protocol_port}/big.bin"
             ),
             "ftplb inspect (curl <- ftplb <- backend)": (
                 f"ftp://{USER}:{PASSWORD}@{BALANCER_HOST}:{inspect_port}/big.bin"

@@ -182,10 +182,13 @@ BIG = bytes(range(256)) * (32 * 1024)  # 8 MiB
 
 
 @LOOPS
-def test_spliced_download_and_upload_with_half_close(
-    loop: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("mode", ["1", "0"])
+def test_download_and_upload_with_half_close(
+    loop: str, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(splice, "MODE", "1")  # a lone stream is spliced too
+    # Spliced (the default past 1 MiB) and on the Protocol relay (FTPLB_SPLICE=0).
+    monkeypatch.setattr(splice, "MODE", mode)
+    spliced = int(mode == "1")
 
     async def main() -> None:
         async def download(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -197,7 +200,7 @@ def test_spliced_download_and_upload_with_half_close(
             assert await asyncio.wait_for(reader.read(), 20) == BIG
 
         balancer = await data_through_balancer(download, read_all)
-        assert balancer.spliced_total == 1
+        assert balancer.spliced_total == spliced
         assert balancer.pool.backends[0].bytes_out >= len(BIG)
 
         async def upload(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -212,7 +215,7 @@ def test_spliced_download_and_upload_with_half_close(
             assert await asyncio.wait_for(reader.read(), 20) == b"got %d" % len(BIG)
 
         balancer = await data_through_balancer(upload, send_all)
-        assert balancer.spliced_total == 1
+        assert balancer.spliced_total == spliced
 
     run(main(), loop)
 
@@ -249,13 +252,10 @@ def test_spliced_backend_reset_reaches_the_client(
     run(main(), loop)
 
 
-def test_splice_is_for_concurrent_streams(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(splice, "MODE", "auto")
-    assert not splice.wanted(1) and splice.wanted(2)
-    monkeypatch.setattr(splice, "MODE", "0")
-    assert not splice.wanted(5)
-    monkeypatch.setattr(splice, "MODE", "1")
-    assert splice.wanted(1)
+def test_splice_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    for mode, wanted in (("auto", True), ("1", True), ("0", False)):
+        monkeypatch.setattr(splice, "MODE", mode)
+        assert splice.wanted() is wanted
 
 
 @LOOPS

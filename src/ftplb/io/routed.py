@@ -143,10 +143,8 @@ class Session:
             return
         if self.kind == "control":
             enable_keepalive(self.relay.backend.transport)  # type: ignore[arg-type]
-        # Long concurrent data transfers: the kernel moves the bytes (io/splice.py).
-        balancer = self.balancer
-        check = (lambda: splice.wanted(balancer.data_open)) if self.kind == "data" else None
-        self.relay.start(preamble, splice=check)
+        # Long data transfers: the kernel moves the bytes (io/splice.py).
+        self.relay.start(preamble, splice=splice.wanted if self.kind == "data" else None)
 
     # -- idle timeout (control sessions)
 
@@ -191,7 +189,6 @@ class RoutedBalancer:
         self.data_connections: Counter[str] = Counter()
         self.spliced_total = 0
         """Data connections the kernel moved (io/splice.py)."""
-        self.data_open = 0
         # (client ip, backend name) -> open data connections: a control session
         # whose client is moving data to its backend is not idle.
         self._data_by_client: Counter[tuple[str, str]] = Counter()
@@ -351,7 +348,6 @@ class RoutedBalancer:
             backend.data_connections_total += 1
             self.data_connections["inbound"] += 1
             self._data_by_client[(client_ip, backend.name)] += 1
-            self.data_open += 1
             self.shared.data_by_client.add(f"{client_ip}|{backend.name}", 1)
             header = b""
             if backend.config.send_proxy_data:
@@ -417,7 +413,6 @@ class RoutedBalancer:
             self._data_by_client[key] -= 1
             if self._data_by_client[key] <= 0:
                 del self._data_by_client[key]
-            self.data_open -= 1
             self.shared.data_by_client.add(f"{key[0]}|{key[1]}", -1)
         if session.counted and backend is not None:
             self.control_sessions -= 1

@@ -9,12 +9,11 @@ read, so memory per connection is bounded by the pipe.
 
 When (bench/splice.py and bench/transfer.py, docs/performance.md): with 8 or
 32 concurrent streams splice moved about 1.2x the bytes at 0.6x the CPU per
-GiB; a lone stream was no faster (0.9x to 1.3x across runs, noise included).
-So by default a data connection is spliced, once it has moved SPLICE_AFTER
-bytes, if its worker carries another one at that moment. `FTPLB_SPLICE` in
-the environment: `auto` (that), `1` (always, after SPLICE_AFTER), `0` (never:
-the Protocol relay, which also carries every control connection and inspect
-mode).
+GiB; a lone stream moved as fast or a little faster (0.9x to 1.3x across
+runs, noise included) at 0.6-0.7x the CPU. So a data connection is spliced
+once it has moved SPLICE_AFTER bytes. `FTPLB_SPLICE` in the environment:
+`auto` or `1` (that), `0` (never: the Protocol relay, which also carries
+every control connection and inspect mode).
 """
 
 from __future__ import annotations
@@ -39,11 +38,8 @@ SPLICE_AFTER = 1024 * 1024
 may take over: a directory listing or a small file never pays for two pipes."""
 
 
-def wanted(open_data_connections: int) -> bool:
-    """Splice a data connection that has moved SPLICE_AFTER bytes, given how many
-    data connections its worker has open now (it included)?"""
-    if MODE == "auto":
-        return open_data_connections >= 2
+def wanted() -> bool:
+    """Splice a data connection that has moved SPLICE_AFTER bytes?"""
     return MODE != "0"
 
 
