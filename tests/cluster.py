@@ -141,6 +141,8 @@ class Cluster:
     balancer_port: int = 0
     processes: list[Process] = field(default_factory=list)
     scratch: list[Path] = field(default_factory=list)
+    admin_url: str = ""
+    """The admin API's URL, for tests that start the balancer with one."""
 
     def public_dir(self, name: str, under: str | None = None) -> Path:
         """A directory every user can traverse (pytest's tmp_path is root-only,

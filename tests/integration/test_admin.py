@@ -121,6 +121,7 @@ def test_metrics_follow_sessions_and_bytes(cluster: Cluster) -> None:
     assert (
         after[("ftplb_data_connections_total", (("direction", "inbound"), ("mode", "routed")))] == 1
     )
+    assert after[("ftplb_data_connections_spliced_total", ())] == 1  # past 1 MiB: the kernel's
 
 
 def test_state_changes_need_the_token(cluster: Cluster) -> None:

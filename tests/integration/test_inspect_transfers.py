@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import BALANCER_HOST, LFTP_SETTINGS, Cluster, sha256
+from tests.cluster import BALANCER_HOST, LFTP_SETTINGS, Cluster, free_ports, sha256, wait_for
 from tests.conftest import need
+from tests.integration.test_admin import metrics
 from tests.servers import KINDS, add_server
 
 DATA = os.urandom(2 * 1024 * 1024 + 11)
@@ -45,9 +46,20 @@ def inspect(request: pytest.FixtureRequest, cluster: Cluster) -> tuple[Cluster, 
         (tree / "b.bin").write_bytes(DATA[:70_000])
         for d in (backend.root / "tree", tree):
             d.chmod(0o755)
-    cluster.start_balancer(mode="inspect", send_proxy="off", balance="roundrobin")
+    admin = free_ports(1)
+    cluster.start_balancer(
+        mode="inspect",
+        send_proxy="off",
+        balance="roundrobin",
+        sections={"admin": {"listen": f"127.0.0.1:{admin}"}},
+    )
+    cluster.admin_url = f"http://127.0.0.1:{admin}"
     assert login is not None
     return cluster, *login
+
+
+def spliced(c: Cluster) -> float:
+    return metrics(c.admin_url)[("ftplb_data_connections_spliced_total", ())]
 
 
 def url(c: Cluster, user: str, password: str, path: str = "") -> str:
@@ -80,6 +92,8 @@ def test_curl_download_and_upload(
     c, user, password = inspect
     body = curl(*MODES[mode], "--interface", "127.0.0.11", url(c, user, password, "data.bin"))
     assert sha256(body.stdout) == sha256(DATA)
+    # Plain on both sides and past 1 MiB: the kernel moved it (io/splice.py).
+    wait_for(lambda: spliced(c) == 1, what="a spliced data connection")
     payload = os.urandom(1024 * 1024 + 7)
     src = tmp_path / "up.bin"
     src.write_bytes(payload)

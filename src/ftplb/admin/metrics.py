@@ -80,6 +80,11 @@ class SnapshotCollector(Collector):
         for direction in ("inbound", "outbound"):
             data.add_metric([direction, mode], counters["data_connections"].get(direction, 0))
         yield data
+        yield CounterMetricFamily(
+            "ftplb_data_connections_spliced",
+            "Data connections moved by the kernel (os.splice) once past 1 MiB.",
+            value=counters["data_connections"].get("spliced", 0),
+        )
         if mode == "inspect":
             logins = CounterMetricFamily("ftplb_logins", "Logins, by result.", labels=["result"])
             for result in ("success", "failure"):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from ftplb.config import PortRange
+from ftplb.io import splice
 from ftplb.io.relay import Relay, client_addresses, peer_address
 from ftplb.proto import proxy_protocol
 from ftplb.proto.addresses import same_host
@@ -121,6 +122,7 @@ class DataChannel:
         handshake_timeout: float = 10.0,
         on_refused: Callable[[str], None] | None = None,
         on_fail: Callable[[], None] | None = None,
+        on_spliced: Callable[[], None] | None = None,
         backend_tls: BackendTLS | None = None,
         control_addresses: tuple[tuple[str, int], tuple[str, int]] | None = None,
     ) -> None:
@@ -138,6 +140,8 @@ class DataChannel:
         self.handshake_timeout = handshake_timeout
         self._on_refused = on_refused
         self._on_fail = on_fail
+        self._on_spliced = on_spliced
+        """Called when a relay the kernel moved (io/splice.py) ends."""
         self._on_open = on_open
         self._on_close = on_close
         self.relay: Relay | None = None
@@ -435,7 +439,13 @@ class DataChannel:
         if relay is None or self.closed or self._opened or not relay.connected:
             return
         self._opened = True
-        relay.start(b"" if self._header_sent else self._proxy_header())
+        # Plain on both sides: past SPLICE_AFTER the kernel moves the bytes
+        # (io/splice.py). Never with TLS on either side.
+        plain = self.tls is None and self.backend_tls is None
+        relay.start(
+            b"" if self._header_sent else self._proxy_header(),
+            splice=splice.wanted if plain else None,
+        )
         self._on_open()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -452,6 +462,8 @@ class DataChannel:
         if relay is self.relay:
             self.closed = True
             self._stop_listening()
+            if relay.spliced is not None and self._on_spliced is not None:
+                self._on_spliced()
             if self._opened:
                 self._on_close(relay.bytes_up, relay.bytes_down)
             elif self._on_fail is not None:

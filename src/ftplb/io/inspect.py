@@ -324,6 +324,7 @@ class ControlSession:
             handshake_timeout=t.handshake_timeout,
             on_refused=self._data_refused,
             on_fail=self._data_failed,
+            on_spliced=self.balancer.data_spliced,
             backend_tls=self._backend_data_tls() if backend_tls else None,
             control_addresses=(self.client_addr, self.local_addr),
         )
@@ -619,6 +620,9 @@ class InspectBalancer:
                 return pinned
         key = user if user is not None and self.config.balancer.balance == "user" else None
         return self.pool.choose(session.client_addr[0], key=key, exclude=exclude)
+
+    def data_spliced(self) -> None:
+        self.data_connections["spliced"] += 1
 
     def login_result(self, session: ControlSession, ok: bool, user: str) -> None:
         self.logins["success" if ok else "failure"] += 1

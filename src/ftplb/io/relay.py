@@ -245,6 +245,8 @@ class Relay:
         self._splice(ct, bt)
 
     def _splice(self, ct: asyncio.Transport, bt: asyncio.Transport) -> None:
+        if ct.get_extra_info("ssl_object") is not None or bt.get_extra_info("ssl_object"):
+            return  # the raw sockets carry TLS records: splicing them would bypass it
         cs, bs = ct.get_extra_info("socket"), bt.get_extra_info("socket")
         if cs is None or bs is None:
             return

@@ -187,8 +187,6 @@ class RoutedBalancer:
         self.sessions_total = 0
         self.rejected: Counter[str] = Counter()
         self.data_connections: Counter[str] = Counter()
-        self.spliced_total = 0
-        """Data connections the kernel moved (io/splice.py)."""
         # (client ip, backend name) -> open data connections: a control session
         # whose client is moving data to its backend is not idle.
         self._data_by_client: Counter[tuple[str, str]] = Counter()
@@ -320,6 +318,11 @@ class RoutedBalancer:
             await kernel.install(self.config)
 
     @property
+    def spliced_total(self) -> int:
+        """Data connections the kernel moved (io/splice.py)."""
+        return self.data_connections["spliced"]
+
+    @property
     def kernel(self) -> bool:
         return self.config.balancer.data_path == "kernel"
 
@@ -403,7 +406,7 @@ class RoutedBalancer:
     def session_closed(self, session: Session) -> None:
         self._sessions.discard(session)
         if session.relay.spliced is not None:
-            self.spliced_total += 1
+            self.data_connections["spliced"] += 1
         backend = session.backend
         if backend is not None:
             backend.bytes_in += session.relay.bytes_up
