@@ -54,7 +54,7 @@ class Runtime:
         self.config = config
         counts = shared.backends if shared is not None and shared.workers > 1 else None
         self.pool = Pool(config.backends, config.balancer.balance, counts)
-        self.health = HealthChecker(config, self.pool)
+        self.health = HealthChecker(config, self.pool, shared)
         self.balancer: RoutedBalancer | InspectBalancer
         if config.balancer.mode == "inspect":
             self.balancer = InspectBalancer(config, self.pool, shared)

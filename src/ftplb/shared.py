@@ -12,6 +12,7 @@ With one worker the same class works on private memory.
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import zlib
 
@@ -59,6 +60,50 @@ class SharedDeadlines:
         return self._cells[_bucket(key, self.buckets)] > now
 
 
+class SharedHealth:
+    """Each backend's health as worker 0's checks see it, for the other workers
+    to follow (a backend sees one probe per interval, not one per worker).
+
+    One int64 cell per backend name, found by open addressing from the name's
+    bucket: `tag << 2 | state`, the tag a 48-bit hash of the name, so that two
+    names never share a cell. Only worker 0 writes; an aligned 8-byte store is
+    atomic, so a reader sees the old value or the new one."""
+
+    DOWN, UP = 1, 2
+
+    def __init__(self, cells: int = 1024) -> None:
+        self.cells = cells
+        self._map = mmap.mmap(-1, cells * 8)
+        self._cells = memoryview(self._map).cast("q")
+
+    @staticmethod
+    def _tag(name: str) -> int:
+        digest = hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=6).digest()
+        return int.from_bytes(digest, "big") | 1  # never 0: 0 is an empty cell
+
+    def _slot(self, name: str, claim: bool) -> int | None:
+        tag = self._tag(name)
+        i = _bucket(name, self.cells)
+        for _ in range(self.cells):
+            value = self._cells[i]
+            if value == 0:
+                return i if claim else None
+            if value >> 2 == tag:
+                return i
+            i = (i + 1) % self.cells
+        return None  # full: the followers check for themselves
+
+    def publish(self, name: str, up: bool) -> None:
+        i = self._slot(name, claim=True)
+        if i is not None:
+            self._cells[i] = self._tag(name) << 2 | (self.UP if up else self.DOWN)
+
+    def read(self, name: str) -> bool | None:
+        """Up, down, or None when worker 0 has not checked `name` yet."""
+        i = self._slot(name, claim=False)
+        return None if i is None else (self._cells[i] & 3) == self.UP
+
+
 class Shared:
     """Everything the workers of one balancer share."""
 
@@ -75,6 +120,8 @@ class Shared:
         self.bans = SharedDeadlines()
         self.backends = SharedCounters(workers)
         """Per backend: current and total sessions, all workers (leastconn)."""
+        self.health = SharedHealth()
+        """Worker 0's health checks, followed by the other workers."""
 
     def set_worker(self, index: int) -> None:
         self.worker = index

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from contextlib import ExitStack
 from typing import Any
 
@@ -163,3 +164,35 @@ def test_a_second_balancer_on_the_same_ports_is_refused(cluster: Cluster) -> Non
     assert f"cannot listen: 127.0.0.1:{cluster.balancer_port}: Address already in use" in (
         second.log()
     )
+
+
+def test_worker_zero_checks_and_the_others_follow(cluster: Cluster) -> None:
+    start(cluster, "routed")
+    assert cluster.balancer is not None
+    log = cluster.balancer.log
+    victim = cluster.backends[0]
+    cluster.stop_backend(victim)
+    wait_for(lambda: f"ftplb.health[w0]: backend {victim.name} is DOWN" in log(), what="DOWN")
+    time.sleep(0.5)  # the other worker follows within a quarter interval
+    seen = len(log())
+    for i in range(16):
+        with cluster.ftp(source=f"127.0.0.{60 + i}") as ftp:
+            assert cluster.backend_of(ftp) != victim.name
+    later = log()[seen:]
+    # No worker tried the dead backend, and only worker 0 probes.
+    assert "redispatching" not in later, later
+    assert "ftplb.health[w1]: backend" not in log().split("ready:")[-1]
+    cluster.start_backend(victim)
+    wait_for(lambda: f"ftplb.health[w0]: backend {victim.name} is UP" in log(), what="UP")
+
+    sources = iter(range(80, 200))
+
+    def followed() -> bool:
+        with cluster.ftp(source=f"127.0.0.{next(sources)}") as ftp:
+            ftp.voidcmd("NOOP")
+        return any(
+            "ftplb.session[w1]: control" in x and f"backend={victim.name}" in x
+            for x in log()[seen:].splitlines()
+        )
+
+    wait_for(followed, timeout=20, interval=0.05, what="worker 1 to use it again")

@@ -13,6 +13,7 @@ from ftplb.config import Config
 from ftplb.errors import ProtocolError
 from ftplb.proto import proxy_protocol
 from ftplb.proto.lines import ReplyReader
+from ftplb.shared import Shared, SharedHealth
 
 log = logging.getLogger("ftplb.health")
 
@@ -59,14 +60,25 @@ async def probe(host: str, port: int, check: str, timeout: float, proxy: str) ->
 
 
 class HealthChecker:
-    """Checks every backend of `pool` every `interval` seconds."""
+    """Checks every backend of `pool` every `interval` seconds.
 
-    def __init__(self, config: Config, pool: Pool) -> None:
+    With several workers only worker 0 keeps checking and publishes what it
+    finds (`shared`); the others check once at start-up (no worker accepts
+    clients blind) and then follow worker 0's results."""
+
+    def __init__(self, config: Config, pool: Pool, shared: Shared | None = None) -> None:
         self.config = config
         self.pool = pool
         h = config.health
         self.trackers = {b.name: HealthTracker(h.rise, h.fall) for b in pool.backends}
         self._tasks: list[asyncio.Task[None]] = []
+        self.published: SharedHealth | None = None
+        self.followed: SharedHealth | None = None
+        if shared is not None and shared.workers > 1:
+            if shared.worker == 0:
+                self.published = shared.health
+            else:
+                self.followed = shared.health
 
     async def check(self, backend: Backend) -> None:
         h = self.config.health
@@ -86,6 +98,8 @@ class HealthChecker:
             backend.up = bool(tracker.up)
             backend.checked = True
             backend.last_change = time.time()
+            if self.published is not None:
+                self.published.publish(backend.name, backend.up)
             state = "UP" if backend.up else "DOWN"
             level = logging.INFO if backend.up or first else logging.WARNING
             log.log(level, "backend %s is %s (%s)", backend.name, state, status)
@@ -95,8 +109,26 @@ class HealthChecker:
         await asyncio.gather(*(self.check(b) for b in self.pool.backends))
 
     def start(self) -> None:
+        if self.followed is not None:
+            self._tasks.append(asyncio.create_task(self._follow(), name="health (following)"))
+            return
         for b in self.pool.backends:
             self._tasks.append(asyncio.create_task(self._loop(b), name=f"health {b.name}"))
+
+    async def _follow(self) -> None:
+        """Take worker 0's results as they come (a backend it has not checked yet
+        keeps the state of our own start-up check, or stays down)."""
+        assert self.followed is not None
+        pause = min(max(self.config.health.interval / 4, 0.05), 0.5)
+        while True:
+            for b in self.pool.backends:
+                up = self.followed.read(b.name)
+                if up is not None and (up != b.up or not b.checked):
+                    b.up = up
+                    b.checked = True
+                    b.last_change = time.time()
+                    b.last_check = "as worker 0 checked it"
+            await asyncio.sleep(pause)
 
     async def sync(self, config: Config) -> None:
         """After a reload: new settings, a loop per current backend (new ones checked at once)."""
