@@ -245,7 +245,7 @@ class Relay:
         self._splice(ct, bt)
 
     def _splice(self, ct: asyncio.Transport, bt: asyncio.Transport) -> None:
-        if ct.get_extra_info("ssl_object") is not None or bt.get_extra_info("ssl_object"):
+        if any(t.get_extra_info("ssl_object") is not None for t in (ct, bt)):
             return  # the raw sockets carry TLS records: splicing them would bypass it
         cs, bs = ct.get_extra_info("socket"), bt.get_extra_info("socket")
         if cs is None or bs is None:
@@ -351,7 +351,7 @@ def peer_address(transport: asyncio.BaseTransport) -> tuple[str, int]:
 
 
 def local_address(transport: asyncio.BaseTransport) -> tuple[str, int]:
-    """The local address of a connection (uvloop asks the kernel each time)."""
+    """The local address of a connection, IPv4-mapped IPv6 unmapped."""
     return _unmap(transport.get_extra_info("sockname"))
 
 

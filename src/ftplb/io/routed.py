@@ -80,8 +80,7 @@ class Session:
 
     @property
     def local_addr(self) -> tuple[str, int]:
-        """The address the client connected to; asked only when a PROXY header needs it
-        (each ask is a system call)."""
+        """The address the client connected to; looked up only when a PROXY header needs it."""
         if self._local_addr is None:
             transport = self.relay.client.transport
             assert transport is not None
