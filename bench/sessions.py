@@ -188,34 +188,26 @@ def main() -> int:
         # The same balancer with two worker processes, on its own address
         # (routed mode binds the passive ports there too; EPSV clients follow).
         port2 = free_ports(1, "127.0.0.3")
-        config2 = Path(tmp) / "workers.toml"
-        config2.write_text(
-            c.config_text(
-                send_proxy="off",
-                balance="leastconn",
-                workers=2,
-                listen=f"127.0.0.3:{port2}",
-            )
+        lb2 = c.spawn_balancer(
+            "ftplb-2-workers",
+            send_proxy="off",
+            balance="leastconn",
+            workers=2,
+            listen=f"127.0.0.3:{port2}",
         )
-        lb2 = c.spawn("ftplb-2-workers", [sys.executable, "-m", "ftplb", "run", "-c", str(config2)])
-        wait_for(lambda: "ready:" in lb2.log(), what="ftplb with 2 workers")
         haproxy_url = start_haproxy(c, Path(tmp), "127.0.0.2", "")
         haproxy_port = int(haproxy_url.rsplit(":", 1)[1].split("/")[0])
         # Inspect mode, its data ports below the kernel's ephemeral range.
         inspect_port = free_ports(1, "127.0.0.5")
         first = free_ports(300, "127.0.0.5")
-        config3 = Path(tmp) / "inspect.toml"
-        config3.write_text(
-            c.config_text(
-                send_proxy="off",
-                mode="inspect",
-                listen=f"127.0.0.5:{inspect_port}",
-                public_address="127.0.0.5",
-                data_ports=f"{first}-{first + 299}",
-            )
+        lb3 = c.spawn_balancer(
+            "ftplb-inspect",
+            send_proxy="off",
+            mode="inspect",
+            listen=f"127.0.0.5:{inspect_port}",
+            public_address="127.0.0.5",
+            data_ports=f"{first}-{first + 299}",
         )
-        lb3 = c.spawn("ftplb-inspect", [sys.executable, "-m", "ftplb", "run", "-c", str(config3)])
-        wait_for(lambda: "ready:" in lb3.log(), what="ftplb inspect")
         targets = {
             "direct (one backend)": (c.backends[0].host, c.backends[0].port),
             "ftplb routed, 1 process": (BALANCER_HOST, c.balancer_port),

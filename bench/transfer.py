@@ -263,33 +263,19 @@ def main() -> int:
         make_file(backend.root / "big.bin", size)
         c.start_balancer(send_proxy="off")
         inspect_port = free_ports(1)
-        inspect_config = Path(tmp) / "inspect.toml"
-        inspect_config.write_text(
-            c.config_text(
-                mode="inspect", send_proxy="off", listen=f"{BALANCER_HOST}:{inspect_port}"
-            )
+        c.spawn_balancer(
+            "inspect", mode="inspect", send_proxy="off", listen=f"{BALANCER_HOST}:{inspect_port}"
         )
-        inspect = c.spawn(
-            "inspect", [sys.executable, "-m", "ftplb", "run", "-c", str(inspect_config)]
-        )
-        wait_for(lambda: "ready:" in inspect.log(), what="the inspect-mode balancer")
         # Routed mode without splice (the Protocol relay alone), on its own address.
         protocol_port = free_ports(1, "127.0.0.7")
-        protocol_config = Path(tmp) / "protocol-relay.toml"
-        protocol_config.write_text(
-            c.config_text(
-                send_proxy="off",
-                listen=f"127.0.0.7:{protocol_port}",
-                data_listen="127.0.0.7",
-                public_address="127.0.0.7",
-            )
-        )
-        protocol = c.spawn(
+        c.spawn_balancer(
             "protocol-relay",
-            [sys.executable, "-m", "ftplb", "run", "-c", str(protocol_config)],
             env={"FTPLB_SPLICE": "0"},
+            send_proxy="off",
+            listen=f"127.0.0.7:{protocol_port}",
+            data_listen="127.0.0.7",
+            public_address="127.0.0.7",
         )
-        wait_for(lambda: "ready:" in protocol.log(), what="the routed balancer that never splices")
         haproxy_urls = {}
         for label, host, tuning in (
             ("HAProxy 2.6 tcp, classic design (rendered)", "127.0.0.2", ""),

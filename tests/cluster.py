@@ -352,14 +352,30 @@ class Cluster:
         return self.workdir / "ftplb.toml"
 
     def start_balancer(self, wait_ready: bool = True, **balancer: object) -> Process:
-        config = self.config_path
+        self.balancer = self.spawn_balancer(
+            "balancer", config=self.config_path, wait_ready=wait_ready, **balancer
+        )
+        return self.balancer
+
+    def spawn_balancer(
+        self,
+        name: str,
+        *,
+        config: Path | None = None,
+        env: dict[str, str] | None = None,
+        wait_ready: bool = True,
+        **balancer: object,
+    ) -> Process:
+        """`ftplb run` with `config_text(**balancer)` written to `config` (default:
+        NAME.toml); benches run several, each on its own `listen` address."""
+        config = config or self.workdir / f"{name}.toml"
         config.write_text(self.config_text(**balancer))
         argv = [sys.executable, "-m", "ftplb", "run", "-c", str(config)]
-        proc = self.balancer = self.spawn("balancer", argv)
+        proc = self.spawn(name, argv, env=env)
         if wait_ready:
             wait_for(
                 lambda: "ready:" in proc.log() or proc.popen.poll() is not None,
-                what="the balancer to be ready",
+                what=f"{name} to be ready",
             )
             assert proc.popen.poll() is None, proc.log()
         return proc
