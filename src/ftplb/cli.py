@@ -23,16 +23,11 @@ class TextFormatter(logging.Formatter):
     """`time level logger: message`; the time's text is made once a second, not per line.
     In a worker process the logger's name says which: `ftplb.session[w1]`."""
 
-    def __init__(self) -> None:
-        super().__init__(TEXT_FORMAT.format(worker=""))
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__(TEXT_FORMAT.format(worker="" if worker is None else f"[w{worker}]"))
         self._second = -1
         self._stamp = ""
-        self.worker: int | None = None
-
-    def set_worker(self, index: int) -> None:
-        self.worker = index
-        self._style = logging.PercentStyle(TEXT_FORMAT.format(worker=f"[w{index}]"))
-        self._fmt = self._style._fmt
+        self.worker = worker
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         second = int(record.created)
@@ -81,7 +76,7 @@ def tag_worker(index: int) -> None:
     """In worker `index`: every log line says so (text `name[wN]`, JSON "worker")."""
     for handler in logging.getLogger().handlers:
         if isinstance(handler.formatter, TextFormatter):
-            handler.formatter.set_worker(index)
+            handler.setFormatter(type(handler.formatter)(worker=index))
 
 
 def _load(path: str) -> Config | None:
