@@ -52,6 +52,12 @@ class Backend:
             shared.add(f"{name}|{self.config.name}", value - self.__dict__.get(name, 0))
         object.__setattr__(self, name, value)
 
+    def health_changed(self, up: bool, now: float) -> None:
+        """A check (ours or worker 0's) decided: `up` since `now` (wall clock)."""
+        self.up = up
+        self.checked = True
+        self.last_change = now
+
     @property
     def load(self) -> int:
         """Current sessions, all workers."""

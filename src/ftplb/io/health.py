@@ -95,9 +95,7 @@ class HealthChecker:
         tracker = self.trackers[backend.name]
         first = tracker.up is None
         if tracker.record(ok):
-            backend.up = bool(tracker.up)
-            backend.checked = True
-            backend.last_change = time.time()
+            backend.health_changed(bool(tracker.up), time.time())
             if self.published is not None:
                 self.published.publish(backend.name, backend.up)
             state = "UP" if backend.up else "DOWN"
@@ -124,9 +122,7 @@ class HealthChecker:
             for b in self.pool.backends:
                 up = self.followed.read(b.name)
                 if up is not None and (up != b.up or not b.checked):
-                    b.up = up
-                    b.checked = True
-                    b.last_change = time.time()
+                    b.health_changed(up, time.time())
                     b.last_check = "as worker 0 checked it"
             await asyncio.sleep(pause)
 
