@@ -25,6 +25,7 @@ BALANCE_POLICIES = ("leastconn", "roundrobin", "source", "random", "user")
 PROXY_VERSIONS = ("off", "v1", "v2")
 HEALTH_CHECKS = ("tcp", "ftp")
 BACKEND_TLS = ("off", "on", "match")
+SOMAXCONN = "/proc/sys/net/core/somaxconn"
 
 
 @dataclass(frozen=True, order=True)
@@ -107,6 +108,8 @@ class BalancerConfig:
     workers: int = 0
     """Worker processes sharing the listeners (SO_REUSEPORT); 0 ("auto" in the
     file, the default): one per core. The kernel data path runs one."""
+    backlog: int = 0
+    """Listen backlog of the control and data listeners; 0: the kernel's net.core.somaxconn."""
 
     def worker_count(self) -> int:
         if self.workers:
@@ -114,6 +117,16 @@ class BalancerConfig:
         if self.data_path == "kernel":
             return 1  # one nftables table, one owner; the control path is light
         return max(1, os.cpu_count() or 1)
+
+    def listen_backlog(self) -> int:
+        """`backlog`, or the kernel's ceiling (listen() silently caps at it anyway)."""
+        if self.backlog:
+            return self.backlog
+        try:
+            with open(SOMAXCONN, encoding="ascii") as f:
+                return max(1, int(f.read()))
+        except (OSError, ValueError):
+            return 4096  # Linux's default since 5.4
 
     @property
     def data_host(self) -> str:
@@ -164,6 +177,10 @@ class AdminConfig:
     """HTTP admin listener (off when unset)."""
     token: str = ""
     """Bearer token for state-changing calls."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names (lower case) the API answers to besides IP literals and localhost."""
+    insecure: bool = False
+    """An admin API off loopback without a token is intended."""
 
 
 @dataclass(frozen=True)
@@ -214,19 +231,28 @@ class Config:
 
 # --- parsing helpers ---------------------------------------------------------
 
-_PORT_RANGE = re.compile(r"^\s*(\d{1,5})\s*(?:-\s*(\d{1,5})\s*)?$")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Used with fullmatch: `$` would also match before a final newline. [0-9], not
+# \d: \d (and str.isdigit) take any Unicode digit, and int() reads them.
+_PORT = re.compile(r"[0-9]{1,5}")
+_PORT_RANGE = re.compile(r"[ \t]*([0-9]{1,5})[ \t]*(?:-[ \t]*([0-9]{1,5})[ \t]*)?")
+_HOSTNAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9][A-Za-z0-9-]{0,62}(\.[A-Za-z0-9-]{1,63})*")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_SCOPE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def parse_ip(text: str) -> str:
     """A literal IPv4 or IPv6 address, normalised; ValueError otherwise."""
-    return str(ipaddress.ip_address(text.strip("[]")))
+    address = ipaddress.ip_address(text.strip("[]"))
+    # ipaddress takes any text after '%' as an IPv6 scope id (a newline too).
+    scope = getattr(address, "scope_id", None)
+    if scope is not None and not _SCOPE_ID.fullmatch(scope):
+        raise ValueError(f"{text!r} does not appear to be an IPv4 or IPv6 address")
+    return str(address)
 
 
 def parse_port_range(text: str) -> PortRange:
     """'A-B' or 'A' with 1 <= A <= B <= 65535; ValueError otherwise."""
-    m = _PORT_RANGE.match(text)
+    m = _PORT_RANGE.fullmatch(text)
     if not m:
         raise ValueError(f"{text!r} is not a port range like 30000-30099")
     first = int(m.group(1))
@@ -248,12 +274,12 @@ def parse_host_port(text: str, *, allow_hostname: bool = False) -> HostPort:
         host, sep, port = text.rpartition(":")
         if not sep or ":" in host:
             raise ValueError(f"{text!r} is not HOST:PORT (write IPv6 as [addr]:port)")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not _PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
         raise ValueError(f"{text!r}: port must be between 1 and 65535")
     try:
         host = parse_ip(host)
     except ValueError:
-        if not (allow_hostname and _HOSTNAME.match(host)):
+        if not (allow_hostname and _HOSTNAME.fullmatch(host)):
             kind = "an IP address or host name" if allow_hostname else "an IP address"
             raise ValueError(f"{text!r}: {host!r} is not {kind}") from None
     return HostPort(host, int(port))
@@ -297,6 +323,13 @@ class _Table:
         except ValueError as exc:
             raise self.error(key, str(exc)) from None
 
+    def path(self, key: str, default: str) -> str:
+        """A file name; a NUL in it would make os.access() and open() raise ValueError."""
+        value = self.get(key, str, default)
+        if "\0" in value:
+            raise self.error(key, f"{value!r} contains a NUL character")
+        return value
+
     def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         value = self.get(key, str, default)
         if value not in choices:
@@ -318,7 +351,14 @@ class _Table:
 
 
 def _kind_name(kinds: tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+    }
     return " or ".join(names.get(k, k.__name__) for k in kinds if not (k is int and float in kinds))
 
 
@@ -338,6 +378,9 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(file, "", "not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, "", f"not valid TOML: {exc}") from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively.
+        raise ConfigError(file, "", "not valid TOML: nested too deeply") from None
     return parse_config(data, file)
 
 
@@ -359,16 +402,75 @@ def parse_config(data: dict[str, Any], file: str = "<config>") -> Config:
     users = _parse_users(_Table(file, "users", top.get("users", dict, {})), backends, balancer)
     log = _parse_log(_Table(file, "log", top.get("log", dict, {})))
     top.finish()
+    _check_listeners(file, balancer, tls, admin, backends)
     return Config(file, balancer, health, tls, admin, backends, log, users)
+
+
+def _may_collide(a: str, b: str) -> bool:
+    """Whether listeners on hosts `a` and `b` can want the same port: the same
+    address, or a wildcard of the same family (asyncio binds IPv6 sockets with
+    IPV6_V6ONLY, so [::] and 0.0.0.0 are two separate sockets)."""
+    ia, ib = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    if ia.version != ib.version:
+        return False
+    return ia == ib or ia.is_unspecified or ib.is_unspecified
+
+
+def _check_listeners(
+    file: str,
+    balancer: BalancerConfig,
+    tls: TlsConfig,
+    admin: AdminConfig,
+    backends: tuple[BackendConfig, ...],
+) -> None:
+    """Listeners of different sections that would fight over a port."""
+    data_host = balancer.data_host
+    # Each data range, with how the error names it.
+    ranges: list[tuple[str, PortRange]] = []
+    if balancer.mode == "inspect":
+        ranges.append(("balancer.data_ports", balancer.data_ports))
+        listen = balancer.listen
+        if _may_collide(listen.host, data_host) and listen.port in balancer.data_ports:
+            raise ConfigError(
+                file,
+                "balancer.data_ports",
+                f"{balancer.data_ports} contains the control port {listen.port} (listen {listen})",
+            )
+    else:
+        ranges += [
+            (f"backends[{i}].passive_ports", b.passive_ports)
+            for i, b in enumerate(backends)
+            if b.passive_ports is not None
+        ]
+    for field_name, at in (
+        ("tls.implicit_listen", tls.implicit_listen),
+        ("admin.listen", admin.listen),
+    ):
+        if at is None or not _may_collide(at.host, data_host):
+            continue
+        for name, ports in ranges:
+            if at.port in ports:
+                raise ConfigError(
+                    file,
+                    field_name,
+                    f"{at}: port {at.port} is inside {name} ({ports}) on {data_host}",
+                )
 
 
 def _parse_log(t: _Table) -> LogConfig:
     d = LogConfig()
     cfg = LogConfig(
         format=t.choice("format", ("text", "json"), d.format),
-        file=t.get("file", str, d.file),
+        file=t.path("file", d.file),
         level=t.choice("level", ("debug", "info", "warning", "error"), d.level),
     )
+    if cfg.file:
+        # Found here, `check` reports it too, not only `run` when it opens the file.
+        directory = os.path.dirname(cfg.file) or "."
+        if os.path.isdir(cfg.file):
+            raise t.error("file", f"{cfg.file} is a directory")
+        if not os.path.isdir(directory):
+            raise t.error("file", f"directory {directory} does not exist")
     t.finish()
     return cfg
 
@@ -424,7 +526,16 @@ def _parse_balancer(t: _Table) -> BalancerConfig:
         ban_time=t.number("ban_time", d.ban_time, low=0, high=86400 * 365),
         shutdown_timeout=t.number("shutdown_timeout", d.shutdown_timeout, low=0, high=86400),
         workers=_workers(t),
+        backlog=t.number("backlog", d.backlog, low=0, high=1_000_000, integer=True),
     )
+    if cfg.data_listen and _family(cfg.data_listen) != _family(listen.host):
+        # Clients reach listen; a data listener of the other family is never
+        # reachable for them (inspect mode would quietly never use it).
+        raise t.error(
+            "data_listen",
+            f"{cfg.data_listen} is {_family(cfg.data_listen)} but listen ({listen}) is "
+            f"{_family(listen.host)}",
+        )
     if cfg.data_path == "kernel" and cfg.workers > 1:
         raise t.error("workers", 'the kernel data path runs one worker; use 1 or "auto"')
     if cfg.mode == "inspect" and len(cfg.data_ports) < cfg.worker_count():
@@ -435,6 +546,10 @@ def _parse_balancer(t: _Table) -> BalancerConfig:
         raise t.error("balance", '"user" needs mode = "inspect" (routed mode never sees USER)')
     t.finish()
     return cfg
+
+
+def _family(host: str) -> str:
+    return f"IPv{ipaddress.ip_address(host).version}"
 
 
 def _workers(t: _Table) -> int:
@@ -465,13 +580,13 @@ def _parse_health(t: _Table) -> HealthConfig:
 def _parse_tls(t: _Table) -> TlsConfig:
     d = TlsConfig()
     cfg = TlsConfig(
-        cert=t.get("cert", str, d.cert),
-        key=t.get("key", str, d.key),
+        cert=t.path("cert", d.cert),
+        key=t.path("key", d.key),
         implicit_listen=t.parsed("implicit_listen", parse_host_port, None),
         required=t.get("required", bool, d.required),
         session_reuse=t.get("session_reuse", bool, d.session_reuse),
         backend_tls=t.choice("backend_tls", BACKEND_TLS, d.backend_tls),
-        backend_ca=t.get("backend_ca", str, d.backend_ca),
+        backend_ca=t.path("backend_ca", d.backend_ca),
         backend_verify=t.get("backend_verify", bool, d.backend_verify),
         min_version=t.choice("min_version", ("1.2", "1.3"), d.min_version),
         handshake_timeout=t.number("handshake_timeout", d.handshake_timeout, low=0.1, high=600),
@@ -513,10 +628,27 @@ def _check_ca(t: _Table, path: str) -> None:
 
 
 def _parse_admin(t: _Table) -> AdminConfig:
+    hosts = []
+    for host in t.get("allowed_hosts", list, []):
+        if not isinstance(host, str) or not _HOSTNAME.fullmatch(host):
+            raise t.error("allowed_hosts", f"{host!r} is not a host name")
+        hosts.append(host.lower())
     cfg = AdminConfig(
         listen=t.parsed("listen", parse_host_port, None),
         token=t.get("token", str, ""),
+        allowed_hosts=tuple(hosts),
+        insecure=t.get("insecure", bool, False),
     )
+    if cfg.listen is not None and not cfg.token and not cfg.insecure:
+        address = ipaddress.ip_address(cfg.listen.host)
+        mapped = getattr(address, "ipv4_mapped", None)
+        if not (address.is_loopback or (mapped is not None and mapped.is_loopback)):
+            # Anyone who reaches it could drain the pool and reload.
+            raise t.error(
+                "token",
+                f"required when listen ({cfg.listen}) is not a loopback address "
+                "(or insecure = true for an open admin API)",
+            )
     t.finish()
     return cfg
 
@@ -534,7 +666,7 @@ def _parse_backends(
         if "address" not in t.data:
             raise t.error("address", "required")
         name = t.get("name", str, "")
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise t.error("name", f"{name!r}: use letters, digits, '.', '_' and '-' (at most 64)")
         b = BackendConfig(
             name=name,

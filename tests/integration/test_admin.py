@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ftplib
 import hashlib
+import http.client
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,14 +27,15 @@ TOKEN = "t0ken"
 SIZE = 24 * 1024 * 1024
 
 
-def start(cluster: Cluster, backends: int = 3, **options: object) -> str:
+def start(cluster: Cluster, backends: int = 3, token: str = TOKEN, **options: object) -> str:
     """Backends with a big file and a balancer with the admin API; returns its URL."""
     for _ in range(backends):
         b = cluster.add_backend()
         with open(b.root / "big.bin", "wb") as f:
             f.truncate(SIZE)
     port = free_ports(1)
-    sections: dict[str, Any] = {"admin": {"listen": f"127.0.0.1:{port}", "token": TOKEN}}
+    admin: dict[str, Any] = {"listen": f"127.0.0.1:{port}", **({"token": token} if token else {})}
+    sections: dict[str, Any] = {"admin": admin}
     sections.update(options.pop("sections", {}))  # type: ignore[arg-type]
     cluster.start_balancer(
         sections=sections,
@@ -43,10 +46,15 @@ def start(cluster: Cluster, backends: int = 3, **options: object) -> str:
 
 
 def call(url: str, method: str = "GET", token: str | None = TOKEN, body: Any = None) -> Any:
+    changing = method not in ("GET", "HEAD")
+    if changing and body is None:
+        body = {}  # a changing call is JSON, like ftplb drain's
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
+    if changing:
+        request.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(request, timeout=10) as response:
         text = response.read().decode()
         return (
@@ -260,3 +268,156 @@ def test_json_logs(cluster: Cluster) -> None:
     assert entries[0]["level"] == "info" and entries[0]["msg"].startswith(
         "control client=127.0.0.77:"
     )
+
+
+def send(
+    url: str, method: str = "GET", headers: dict[str, str] | None = None, body: bytes = b""
+) -> tuple[int, Any]:
+    """One raw request with exactly these headers (Host included when given):
+    (status, the JSON body or the text)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+    try:
+        conn.request(method, parts.path, body=body or None, headers=headers or {})
+        response = conn.getresponse()
+        text = response.read().decode()
+        if response.headers.get_content_type() == "application/json":
+            return response.status, json.loads(text)
+        return response.status, text
+    finally:
+        conn.close()
+
+
+def states(admin: str) -> dict[str, str]:
+    return {b["name"]: b["state"] for b in call(admin + "/api/backends", token=None)}
+
+
+def test_a_browser_cannot_change_state_cross_site(cluster: Cluster) -> None:
+    """No token: what stops a page on another site is the Origin and the JSON
+    content type (a form or a "simple" fetch cannot send application/json)."""
+    admin = start(cluster, backends=1, token="")
+    here = admin  # http://127.0.0.1:PORT, as a browser on the status page sends it
+    drain = admin + "/api/backends/ftp1/drain"
+    json_type = {"Content-Type": "application/json"}
+    for headers, status in (
+        ({"Origin": "http://evil.example", "Content-Type": "text/plain"}, 403),
+        ({"Origin": "http://evil.example", **json_type}, 403),
+        ({"Origin": "null", **json_type}, 403),
+        ({"Origin": here.replace("127.0.0.1", "127.0.0.2"), **json_type}, 403),
+        ({"Content-Type": "text/plain"}, 415),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415),
+        ({}, 415),
+    ):
+        code, answer = send(drain, "POST", headers, b"{}")
+        assert (code, states(admin)) == (status, {"ftp1": "UP"}), headers
+        assert "error" in answer
+    code, answer = send(
+        admin + "/api/backends/ftp1/weight", "PUT", {"Content-Type": "text/plain"}, b'{"weight": 5}'
+    )
+    assert code == 415 and call(admin + "/api/backends")[0]["weight"] == 1
+    assert send(admin + "/api/reload", "POST", {"Content-Type": "text/plain"})[0] == 415
+    # Reading stays open (the browser keeps a foreign page from reading the answer).
+    assert send(admin + "/api/backends", headers={"Origin": "http://evil.example"})[0] == 200
+    # The status page's own call: same origin, JSON.
+    code, answer = send(drain, "POST", {"Origin": here, **json_type}, b"{}")
+    assert code == 200 and answer["state"] == "DRAIN"
+    code, answer = send(admin + "/api/backends/ftp1/enable", "POST", json_type)
+    assert code == 200 and answer["state"] == "UP"  # no body, no Origin: a script's call
+
+
+def test_host_header_is_checked_against_dns_rebinding(cluster: Cluster) -> None:
+    """A rebinding page reaches us under its own name: a Host that is neither an
+    IP literal, nor localhost, nor in allowed_hosts is refused, and logged."""
+    admin = start(cluster, backends=1, token="")
+    port = urllib.parse.urlsplit(admin).port
+    for host in (
+        f"evil.example:{port}",
+        "evil.example",
+        "ftplb.example.com",
+        f"127.0.0.1.nip.io:{port}",
+    ):
+        for path in ("/", "/metrics", "/api/status", "/static/app.js"):
+            code, answer = send(admin + path, headers={"Host": host})
+            assert code == 421 and "Host" in answer["error"], (host, path)
+        code, answer = send(
+            admin + "/api/backends/ftp1/drain",
+            "POST",
+            {"Host": host, "Origin": f"http://{host}", "Content-Type": "application/json"},
+        )
+        assert code == 421
+    assert states(admin) == {"ftp1": "UP"}
+    assert cluster.balancer is not None
+    assert f"admin: GET /metrics refused: Host 'evil.example:{port}'" in cluster.balancer.log()
+    for host in (
+        f"127.0.0.1:{port}",
+        "127.0.0.1",
+        f"localhost:{port}",
+        "LocalHost",
+        f"[::1]:{port}",
+    ):
+        assert send(admin + "/api/status", headers={"Host": host})[0] == 200, host
+    code, answer = send(
+        admin + "/api/backends/ftp1/drain",
+        "POST",
+        {
+            "Host": f"localhost:{port}",
+            "Origin": f"http://localhost:{port}",
+            "Content-Type": "application/json; charset=utf-8",
+        },
+    )
+    assert code == 200 and answer["state"] == "DRAIN"
+
+
+def test_allowed_hosts(cluster: Cluster) -> None:
+    b = cluster.add_backend()
+    port = free_ports(1)
+    admin = f"http://127.0.0.1:{port}"
+    text = cluster.config_text(sections={"admin": {"listen": f"127.0.0.1:{port}"}})
+    text = text.replace("[admin]\n", '[admin]\nallowed_hosts = ["FTPLB.example.com"]\n', 1)
+    cluster.config_path.write_text(text)
+    argv = [sys.executable, "-m", "ftplb", "run", "-c", str(cluster.config_path)]
+    proc = cluster.balancer = cluster.spawn("balancer", argv)
+    wait_for(lambda: "ready:" in proc.log() or proc.popen.poll() is not None, what="ready")
+    assert proc.popen.poll() is None, proc.log()
+    name = f"ftplb.example.com:{port}"
+    assert send(admin + "/api/status", headers={"Host": name})[0] == 200
+    assert send(admin + "/api/status", headers={"Host": "ftplb.EXAMPLE.com"})[0] == 200
+    assert send(admin + "/api/status", headers={"Host": f"other.example.com:{port}"})[0] == 421
+    json_type = {"Content-Type": "application/json"}
+    drain = admin + f"/api/backends/{b.name}/drain"
+    # The Origin must be what the Host names: same name, same port.
+    for origin in (
+        f"http://127.0.0.1:{port}",
+        "http://ftplb.example.com",
+        "https://ftplb.example.com:1",
+    ):
+        code, _ = send(drain, "POST", {"Host": name, "Origin": origin, **json_type})
+        assert code == 403, origin
+    code, answer = send(drain, "POST", {"Host": name, "Origin": f"http://{name}", **json_type})
+    assert code == 200 and answer["state"] == "DRAIN"
+
+
+def test_deep_or_big_json_body_is_a_client_error(cluster: Cluster) -> None:
+    admin = start(cluster, backends=1)
+    weight = admin + "/api/backends/ftp1/weight"
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    deep = b"[" * 30000 + b"]" * 30000  # under the size cap: json's recursion gives up
+    code, answer = send(weight, "PUT", headers, deep)
+    assert code == 400 and "weight" in answer["error"]
+    code, answer = send(weight, "PUT", headers, b"[" * 100000 + b"]" * 100000)
+    assert code == 413 and "64 KiB" in answer["error"]
+    code, answer = send(weight, "PUT", headers, b'{"weight": 2, "pad": "' + b"x" * 70000 + b'"}')
+    assert code == 413
+    assert call(admin + "/api/backends")[0]["weight"] == 1
+    assert call(weight, "PUT", body={"weight": 2})["weight"] == 2
+    assert cluster.balancer is not None
+    assert "Traceback" not in cluster.balancer.log()
+
+
+def test_the_status_page_cannot_be_framed(cluster: Cluster) -> None:
+    """Clickjacking: another site's page framing ours would have the operator's
+    click send a same-origin, JSON drain that passes every check above."""
+    admin = start(cluster, backends=1, token="")
+    with urllib.request.urlopen(admin + "/", timeout=10) as response:
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]

@@ -196,6 +196,159 @@ BAD = [
         "not a usable CA file",
     ),
     ('name = "ftp-serv01"\n', "", "backends[1].name", "required"),
+    # A trailing newline slipped past `$` (it matches before a final "\n").
+    ('name = "ftp-serv01"', 'name = "ftp-serv01\\n"', "backends[1].name", "use letters"),
+    (
+        'address = "127.0.1.2:21"',
+        'address = "ftp.example.com\\n:21"',
+        "backends[1].address",
+        "not an IP address or host name",
+    ),
+    (
+        "weight = 3",
+        'weight = 3\nimplicit_address = "ftp.example.com\\n:990"',
+        "backends[1].implicit_address",
+        "not an IP address or host name",
+    ),
+    (
+        'listen = "127.0.0.1:2121"',
+        'listen = "[fe80::1%\\n]:2121"',
+        "balancer.listen",
+        "not an IP address",
+    ),
+    # Only ASCII digits make a port: a full-width "21" (TOML: "\uff12\uff11")
+    # passes str.isdigit() and int().
+    (
+        'passive_ports = "30100-30199"',
+        'passive_ports = "\\uff13\\uff10\\uff11\\uff10\\uff10-\\uff13\\uff10\\uff11\\uff19\\uff19"',
+        "backends[1].passive_ports",
+        "not a port range",
+    ),
+    (
+        'address = "127.0.1.2:21"',
+        'address = "127.0.1.2:\\uff12\\uff11"',
+        "backends[1].address",
+        "port must",
+    ),
+    (
+        'listen = "127.0.0.1:2121"',
+        'listen = "127.0.0.1:\\uff12\\uff11\\uff12\\uff11"',
+        "balancer.listen",
+        "port must",
+    ),
+    (
+        'send_proxy = "v2"',
+        'data_ports = "\\uff14\\uff10\\uff10\\uff10\\uff10-\\uff14\\uff10\\uff19\\uff19\\uff19"',
+        "balancer.data_ports",
+        "not a port range",
+    ),
+    # A listener inside a range of data listeners on a host where both bind.
+    (
+        "[balancer]",
+        '[admin]\nlisten = "127.0.0.1:30150"\n[balancer]',
+        "admin.listen",
+        "port 30150 is inside backends[1].passive_ports (30100-30199) on 127.0.0.1",
+    ),
+    (
+        "[balancer]",
+        '[admin]\nlisten = "0.0.0.0:30000"\ntoken = "t"\n[balancer]',
+        "admin.listen",
+        "port 30000 is inside backends[0].passive_ports (30000-30099) on 127.0.0.1",
+    ),
+    (
+        "[balancer]",
+        '[tls]\nimplicit_listen = "127.0.0.1:30099"\n[balancer]',
+        "tls.implicit_listen",
+        "port 30099 is inside backends[0].passive_ports (30000-30099) on 127.0.0.1",
+    ),
+    (
+        'send_proxy = "v2"',
+        'send_proxy = "v2"\ndata_listen = "::1"',
+        "balancer.data_listen",
+        "::1 is IPv6 but listen (127.0.0.1:2121) is IPv4",
+    ),
+    # The admin API off loopback needs a token, unless openly intended.
+    (
+        "[balancer]",
+        '[admin]\nlisten = "0.0.0.0:9021"\n[balancer]',
+        "admin.token",
+        "required when listen (0.0.0.0:9021) is not a loopback address",
+    ),
+    ("[balancer]", '[admin]\nlisten = "[::]:9021"\n[balancer]', "admin.token", "required"),
+    ("[balancer]", '[admin]\nlisten = "10.1.2.3:9021"\n[balancer]', "admin.token", "required"),
+    (
+        "[balancer]",
+        '[admin]\nlisten = "127.0.0.1:9021"\nallowed_hosts = ["ok.example", "bad.example\\n"]'
+        "\n[balancer]",
+        "admin.allowed_hosts",
+        "'bad.example\\n' is not a host name",
+    ),
+    (
+        "[balancer]",
+        '[admin]\nlisten = "127.0.0.1:9021"\nallowed_hosts = "ok.example"\n[balancer]',
+        "admin.allowed_hosts",
+        "expected a list",
+    ),
+    ("[balancer]", "[admin]\ninsecure = 1\n[balancer]", "admin.insecure", "expected true or false"),
+    # A NUL in a path: os.access() and open() raise ValueError, not OSError.
+    ("[balancer]", '[tls]\ncert = "/etc/a\\u0000b"\n[balancer]', "tls.cert", "a NUL character"),
+    ("[balancer]", '[tls]\nkey = "/etc/a\\u0000b"\n[balancer]', "tls.key", "a NUL character"),
+    (
+        "[balancer]",
+        '[tls]\nbackend_ca = "/etc/a\\u0000b"\n[balancer]',
+        "tls.backend_ca",
+        "a NUL character",
+    ),
+    ("[balancer]", '[log]\nfile = "/tmp/a\\u0000b"\n[balancer]', "log.file", "a NUL character"),
+    ('send_proxy = "v2"', "backlog = -1", "balancer.backlog", "out of range (0 to 1e+06)"),
+    ('send_proxy = "v2"', "backlog = 1000001", "balancer.backlog", "out of range"),
+    ('send_proxy = "v2"', 'backlog = "max"', "balancer.backlog", "expected an integer"),
+]
+
+INSPECT = """
+[balancer]
+listen = "127.0.0.1:2121"
+public_address = "127.0.0.1"
+mode = "inspect"
+data_ports = "40000-40099"
+workers = 1
+
+[[backends]]
+name = "a"
+address = "127.0.1.1:21"
+"""
+
+BAD_INSPECT = [
+    (
+        'data_ports = "40000-40099"',
+        'data_ports = "2100-2199"',
+        "balancer.data_ports",
+        "2100-2199 contains the control port 2121 (listen 127.0.0.1:2121)",
+    ),
+    (
+        'listen = "127.0.0.1:2121"',
+        'listen = "127.0.0.1:40050"\ndata_listen = "0.0.0.0"',
+        "balancer.data_ports",
+        "contains the control port 40050",
+    ),
+    (
+        "workers = 1",
+        'workers = 1\n[admin]\nlisten = "127.0.0.1:40099"',
+        "admin.listen",
+        "port 40099 is inside balancer.data_ports (40000-40099) on 127.0.0.1",
+    ),
+    (
+        "workers = 1",
+        'workers = 1\n[tls]\nimplicit_listen = "0.0.0.0:40000"',
+        "tls.implicit_listen",
+        "port 40000 is inside balancer.data_ports (40000-40099) on 127.0.0.1",
+    ),
+    (
+        'listen = "127.0.0.1:2121"',
+        'listen = "[::1]:2121"\ndata_listen = "127.0.0.1"',
+        "balancer.data_listen",
+        "127.0.0.1 is IPv4 but listen ([::1]:2121) is IPv6",
+    ),
 ]
 
 
@@ -212,6 +365,87 @@ def test_bad_config_names_field_and_reason(
     assert err.field == field
     assert reason in err.reason
     assert str(err).startswith(f"{path}: {field}: ")
+
+
+@pytest.mark.parametrize(("old", "new", "field", "reason"), BAD_INSPECT)
+def test_bad_inspect_config_names_field_and_reason(
+    tmp_path: Path, old: str, new: str, field: str, reason: str
+) -> None:
+    assert old in INSPECT
+    path = write(tmp_path, INSPECT.replace(old, new, 1))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert (info.value.file, info.value.field) == (str(path), field)
+    assert reason in info.value.reason
+
+
+def test_listeners_that_cannot_collide_are_accepted(tmp_path: Path) -> None:
+    """Same port, but another address, or another family (asyncio binds IPv6
+    sockets IPV6_V6ONLY, so [::] and 0.0.0.0 are two sockets)."""
+    for admin in ("127.0.0.2:30050", "[::1]:30050"):
+        text = GOOD.replace("[balancer]", f'[admin]\nlisten = "{admin}"\n[balancer]', 1)
+        assert load_config(write(tmp_path, text)).admin.listen is not None
+    text = INSPECT.replace(
+        "workers = 1", 'workers = 1\n[admin]\nlisten = "[::]:40010"\ntoken = "t"', 1
+    )
+    assert load_config(write(tmp_path, text)).admin.listen == HostPort("::", 40010)
+    text = INSPECT.replace("workers = 1", 'workers = 1\ndata_listen = "127.0.0.9"', 1)
+    assert load_config(write(tmp_path, text)).balancer.data_host == "127.0.0.9"
+
+
+def test_admin_keys(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD)).admin
+    assert (cfg.listen, cfg.token, cfg.allowed_hosts, cfg.insecure) == (None, "", (), False)
+    for listen in ("127.0.0.1:9021", "127.1.2.3:9021", "[::1]:9021"):
+        text = GOOD.replace("[balancer]", f'[admin]\nlisten = "{listen}"\n[balancer]', 1)
+        assert load_config(write(tmp_path, text)).admin.token == ""  # loopback: no token needed
+    for extra in ('token = "s3cret"', "insecure = true"):
+        text = GOOD.replace("[balancer]", f'[admin]\nlisten = "0.0.0.0:9021"\n{extra}\n[balancer]')
+        assert load_config(write(tmp_path, text)).admin.listen == HostPort("0.0.0.0", 9021)
+    text = GOOD.replace(
+        "[balancer]",
+        '[admin]\nlisten = "127.0.0.1:9021"\nallowed_hosts = ["FTPLB.example.com", "lb1"]'
+        "\n[balancer]",
+    )
+    assert load_config(write(tmp_path, text)).admin.allowed_hosts == ("ftplb.example.com", "lb1")
+
+
+def test_log_file_must_be_a_file_in_a_directory(tmp_path: Path) -> None:
+    for value, reason in (
+        (str(tmp_path), f"{tmp_path} is a directory"),
+        (str(tmp_path / "no" / "ftplb.log"), f"directory {tmp_path / 'no'} does not exist"),
+    ):
+        path = write(tmp_path, GOOD + f'\n[log]\nfile = "{value}"\n')
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert (info.value.field, info.value.reason) == ("log.file", reason)
+    path = write(tmp_path, GOOD + f'\n[log]\nfile = "{tmp_path / "ftplb.log"}"\n')
+    assert load_config(path).log.file == str(tmp_path / "ftplb.log")
+
+
+def test_deeply_nested_toml(tmp_path: Path) -> None:
+    path = write(tmp_path, "a = " + "[" * 100000)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.file == str(path) and info.value.field == ""
+    assert "nested too deeply" in info.value.reason
+
+
+def test_backlog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ftplb.config
+
+    b = load_config(write(tmp_path, GOOD)).balancer
+    assert b.backlog == 0
+    somaxconn = tmp_path / "somaxconn"
+    monkeypatch.setattr(ftplb.config, "SOMAXCONN", str(somaxconn))
+    somaxconn.write_text("8192\n")
+    assert b.listen_backlog() == 8192
+    somaxconn.write_text("garbage")
+    assert b.listen_backlog() == 4096
+    somaxconn.unlink()
+    assert b.listen_backlog() == 4096
+    text = GOOD.replace('send_proxy = "v2"', "backlog = 1024", 1)
+    assert load_config(write(tmp_path, text)).balancer.listen_backlog() == 1024
 
 
 def test_no_backends(tmp_path: Path) -> None:
@@ -284,3 +518,28 @@ def test_check_and_run_exit_2_with_field(tmp_path: Path) -> None:
         assert done.returncode == 2
         assert done.stderr.strip() == expected
         assert done.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a = " + "[" * 100000, ": not valid TOML: nested too deeply"),
+        (
+            # Not an address of this host: before the fix `run` never binds it.
+            GOOD.replace("[balancer]", '[admin]\nlisten = "192.0.2.1:9021"\n[balancer]', 1),
+            ": admin.token: required when listen (192.0.2.1:9021) is not a loopback address",
+        ),
+    ],
+)
+def test_check_and_run_refuse_without_a_traceback(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    for command in ("check", "run"):
+        done = subprocess.run(
+            [sys.executable, "-m", "ftplb", command, "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(f"{path}{expected}"), done.stderr
+        assert len(done.stderr.splitlines()) == 1 and done.stdout == ""

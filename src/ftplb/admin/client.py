@@ -42,6 +42,8 @@ class AdminClient:
         return cls(base, token or os.environ.get("FTPLB_TOKEN", ""))
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
+        if method not in ("GET", "HEAD") and body is None:
+            body = {}  # the server takes changing calls only as JSON
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.base + path, data=data, method=method)
         if self.token:

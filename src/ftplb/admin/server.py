@@ -2,13 +2,23 @@
 
 Reading is open; every call that changes state needs `Authorization: Bearer
 <token>` when `[admin] token` is set (401 otherwise).
+
+A browser must not be a way in, token or not: every request's Host must be an
+IP literal, `localhost` or one of `[admin] allowed_hosts` (421; a DNS-rebinding
+page reaches us under its own name), and a changing call (anything but GET and
+HEAD) must be JSON (415; an HTML form or a "simple" cross-site fetch cannot
+send application/json without a CORS preflight, which we never grant) and
+carry no foreign Origin (403).
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
+import re
 import time
+import urllib.parse
 from importlib import resources
 from typing import Any
 
@@ -21,13 +31,20 @@ from ftplb.admin.source import Source
 
 log = logging.getLogger("ftplb.admin")
 STATIC = resources.files("ftplb.admin") / "static"
+MAX_BODY = 64 * 1024
+"""Request bodies beyond this get 413: the API's bodies are a few bytes."""
+READING = ("GET", "HEAD")
+DEFAULT_PORTS = {"http": 80, "https": 443}
+# A Host header: [IPv6]:port, or a name or IPv4 with an optional port.
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\[\]:]+)(?::([0-9]{1,5}))?")
 
 
 class AdminServer:
     def __init__(self, source: Source) -> None:
         self.source = source
         self.runner: web.AppRunner | None = None
-        app = web.Application(middlewares=[self._auth])
+        app = web.Application(middlewares=[self._guard, self._auth], client_max_size=MAX_BODY)
+        app.on_response_prepare.append(_no_framing)
         app.add_routes(
             [
                 web.get("/", self.index),
@@ -55,7 +72,27 @@ class AdminServer:
         if self.runner is not None:
             await self.runner.cleanup()
 
-    # -- auth
+    # -- browsers, then auth
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        host = request.headers.get("Host")
+        # No Host at all is no browser (every browser sends one), so no rebinding.
+        if host is not None and not host_allowed(host, self.source.config.admin.allowed_hosts):
+            return _refuse(
+                request,
+                421,
+                f"Host {host!r} is not an address of this server "
+                "(name it in [admin] allowed_hosts)",
+            )
+        if request.method not in READING:
+            origin = request.headers.get("Origin")
+            if origin is not None and not same_origin(origin, host):
+                return _refuse(request, 403, f"Origin {origin!r} is not this server")
+            if request.content_type != "application/json":
+                return _refuse(request, 415, "a changing call must send application/json")
+        response: web.StreamResponse = await handler(request)
+        return response
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -122,7 +159,9 @@ class AdminServer:
             weight = body["weight"] if isinstance(body, dict) else body
             if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 256:
                 raise ValueError
-        except (ValueError, KeyError):
+        except web.HTTPRequestEntityTooLarge:
+            return web.json_response({"error": "the body is over 64 KiB"}, status=413)
+        except (ValueError, KeyError, RecursionError):  # json nests recursively
             return web.json_response(
                 {"error": 'send {"weight": N} with N from 0 to 256'}, status=400
             )
@@ -131,3 +170,64 @@ class AdminServer:
     async def reload(self, request: web.Request) -> web.Response:
         ok, message = await self.source.reload()
         return web.json_response({"ok": ok, "message": message}, status=200 if ok else 400)
+
+
+def _refuse(request: web.Request, status: int, reason: str) -> web.Response:
+    log.warning("admin: %s %s refused: %s", request.method, request.raw_path, reason)
+    return web.json_response({"error": reason}, status=status)
+
+
+async def _no_framing(request: web.Request, response: web.StreamResponse) -> None:
+    """No page of another site may frame ours and have the operator click Drain."""
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+
+
+def _split_host(value: str) -> tuple[str, int | None] | None:
+    """A Host header's (host, port): lower case, IPv6 without brackets; None if malformed."""
+    m = _HOST.fullmatch(value)
+    if m is None:
+        return None
+    return m.group(1).strip("[]").lower(), int(m.group(2)) if m.group(2) else None
+
+
+def _is_ip(host: str, version: int) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == version
+    except ValueError:
+        return False
+
+
+def host_allowed(value: str, allowed_hosts: tuple[str, ...]) -> bool:
+    """An IP literal (DNS rebinding needs a name), localhost, or a configured name."""
+    split = _split_host(value)
+    if split is None:
+        return False
+    host = split[0]
+    if value.startswith("["):
+        return _is_ip(host, 6)
+    return _is_ip(host, 4) or host == "localhost" or host in allowed_hosts
+
+
+def same_origin(origin: str, host: str | None) -> bool:
+    """Whether `origin` (scheme://host[:port]) is what the Host header names."""
+    try:
+        parts = urllib.parse.urlsplit(origin)
+        origin_port = parts.port or DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        return False
+    split = _split_host(host) if host is not None else None
+    if split is None or parts.hostname is None or origin_port is None or parts.username:
+        return False
+    name, port = split
+    return _canonical(parts.hostname) == _canonical(name) and origin_port == (
+        port or DEFAULT_PORTS[parts.scheme]
+    )
+
+
+def _canonical(host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host.lower()

@@ -26,9 +26,11 @@ function cell(text, cls) {
 }
 
 async function act(name, action) {
-  const headers = {};
+  // Changing calls must be JSON: the server refuses anything a cross-site form could send.
+  const headers = { "Content-Type": "application/json" };
   if (tokenInput.value) headers["Authorization"] = "Bearer " + tokenInput.value;
-  const r = await fetch(`/api/backends/${encodeURIComponent(name)}/${action}`, { method: "POST", headers });
+  const url = `/api/backends/${encodeURIComponent(name)}/${action}`;
+  const r = await fetch(url, { method: "POST", headers, body: "{}" });
   errorBox.textContent = r.ok ? "" : `${action} ${name}: HTTP ${r.status}`;
   refresh();
 }
