@@ -11,6 +11,7 @@ import logging
 import resource
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 
 from ftplb.balancer.pool import Backend, Pool
@@ -19,13 +20,19 @@ from ftplb.errors import ConfigError
 from ftplb.io.health import HealthChecker
 from ftplb.io.inspect import InspectBalancer
 from ftplb.io.kernel import KernelDataPathError
+from ftplb.io.overflow import OverflowWatch
 from ftplb.io.routed import RoutedBalancer
 from ftplb.shared import Shared
 
 log = logging.getLogger("ftplb")
 
-# Settings a reload cannot change in place: the listeners are bound to them.
-RESTART_ONLY = ("listen", "mode", "data_listen", "data_ports", "workers")
+# Settings a reload cannot change in place: listeners are bound to them (or, for
+# workers, processes forked with them).
+RESTART_ONLY = {
+    "balancer": ("listen", "mode", "data_listen", "data_ports", "workers", "backlog"),
+    "tls": ("implicit_listen",),
+    "admin": ("listen",),
+}
 
 
 def raise_file_limit() -> int:
@@ -60,6 +67,9 @@ class Runtime:
             self.balancer = InspectBalancer(config, self.pool, shared)
         else:
             self.balancer = RoutedBalancer(config, self.pool, shared)
+        self.overflows = OverflowWatch(self.balancer.control_sockets)
+        # The kernel's counter is the namespace's: one worker reports it.
+        self._watch_overflows = shared is None or shared.worker == 0
         self.stopping = asyncio.Event()
         self.reloads = 0
         self._reload_lock = asyncio.Lock()
@@ -73,6 +83,8 @@ class Runtime:
             await self.health.stop()
             raise
         self.health.start()
+        if self._watch_overflows:
+            self.overflows.start()
 
     # -- operator actions (signals and the admin API)
 
@@ -113,23 +125,24 @@ class Runtime:
             except ConfigError as exc:
                 log.error("reload rejected, configuration unchanged: %s", exc)
                 return False, str(exc)
-            old_b = self.config.balancer
-            kept = {
-                k: getattr(old_b, k)
-                for k in RESTART_ONLY
-                if getattr(old_b, k) != getattr(new.balancer, k)
-            }
+            new, kept = keep_restart_only(self.config, new, self._login_ring())
             if kept:
                 log.warning(
                     "reload: %s changed; these need a restart and keep their old values",
-                    ", ".join(f"balancer.{k}" for k in kept),
+                    ", ".join(kept),
                 )
-                new = dataclasses.replace(new, balancer=dataclasses.replace(new.balancer, **kept))
             added, retired = self.pool.update(new.backends, new.balancer.balance)
             self.config = new
             self.balancer.config = new
             failed = []
-            if isinstance(self.balancer, RoutedBalancer):
+            if isinstance(self.balancer, InspectBalancer):
+                try:
+                    await self.balancer.reloaded()
+                except (OSError, ssl.SSLError) as exc:
+                    failed.append(f"[tls]: {exc}")
+                for b in retired:
+                    self.balancer.retire_if_idle(b)
+            else:
                 try:
                     await self.balancer.reloaded()
                 except KernelDataPathError as exc:
@@ -142,22 +155,26 @@ class Runtime:
                     except OSError as exc:
                         failed.append(f"{b.name}: {exc}")
                         b.disabled = True
-            else:
-                for b in retired:
-                    if b.sessions == 0 and b in self.pool.retired:
-                        self.pool.retired.remove(b)
             await self.health.sync(new)
             self.reloads += 1
             summary = (
                 f"reloaded {new.path}: {len(self.pool.backends)} backends"
                 f" ({len(added)} added, {len(retired)} retiring), balance {new.balancer.balance}"
             )
+            if kept:
+                summary += "; needs a restart, old value kept: " + ", ".join(kept)
             if failed:
-                summary += "; cannot listen for " + "; ".join(failed)
+                summary += "; failed: " + "; ".join(failed)
                 log.error("%s", summary)
             else:
                 log.info("%s", summary)
             return not failed, summary
+
+    def _login_ring(self) -> int:
+        """How many failures per address the shared login table can hold."""
+        if isinstance(self.balancer, InspectBalancer):
+            return self.balancer.shared.logins.ring
+        return 1000
 
     async def stop(self) -> None:
         """Stop accepting, let sessions finish up to shutdown_timeout, close the rest."""
@@ -175,9 +192,30 @@ class Runtime:
         if self.balancer.control_sessions:
             log.warning("closing %d sessions still open", self.balancer.control_sessions)
         self.balancer.close_sessions()
+        self.overflows.stop()
         await self.balancer.close()
         await self.health.stop()
         await asyncio.sleep(0)
+
+
+def keep_restart_only(old: Config, new: Config, login_ring: int) -> tuple[Config, list[str]]:
+    """`new` with the settings a reload cannot apply put back to `old`'s values,
+    and their names ("balancer.listen", ...)."""
+    kept: list[str] = []
+    sections = {}
+    for section, keys in RESTART_ONLY.items():
+        before, after = getattr(old, section), getattr(new, section)
+        changed = {k: getattr(before, k) for k in keys if getattr(before, k) != getattr(after, k)}
+        kept += [f"{section}.{k}" for k in changed]
+        if changed:
+            sections[section] = dataclasses.replace(after, **changed)
+    b = sections.get("balancer", new.balancer)
+    if b.max_login_failures > login_ring:
+        # The shared table was sized for the old limit.
+        kept.append("balancer.max_login_failures")
+        b = dataclasses.replace(b, max_login_failures=old.balancer.max_login_failures)
+        sections["balancer"] = b
+    return dataclasses.replace(new, **sections), kept
 
 
 async def serve(

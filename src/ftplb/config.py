@@ -95,6 +95,9 @@ class BalancerConfig:
     """Inspect mode: seconds a passive listener waits for the client's data connection."""
     login_timeout: float = 60.0
     """Inspect mode: seconds a client has to log in."""
+    greeting_timeout: float = 0.0
+    """Inspect mode: seconds a backend that accepted the connection has to greet
+    with 220 before the session goes to another backend; 0: health.timeout."""
     max_per_ip: int = 0
     """Inspect mode: concurrent sessions from one client address (0: no limit)."""
     max_login_failures: int = 5
@@ -223,6 +226,10 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     users: dict[str, str] = field(default_factory=dict)
     """Inspect mode: user name -> backend name, pinned before any policy."""
+
+    def greeting_timeout(self) -> float:
+        """How long a backend may take to greet (a frozen one is given up after it)."""
+        return self.balancer.greeting_timeout or self.health.timeout
 
     def proxy_version(self, backend: BackendConfig) -> str:
         """The PROXY protocol version sent to `backend` on its control connection."""
@@ -516,9 +523,10 @@ def _parse_balancer(t: _Table) -> BalancerConfig:
         connect_timeout=t.number("connect_timeout", d.connect_timeout, low=0.1, high=300),
         data_timeout=t.number("data_timeout", d.data_timeout, low=0.1, high=3600),
         login_timeout=t.number("login_timeout", d.login_timeout, low=0.1, high=3600),
+        greeting_timeout=t.number("greeting_timeout", d.greeting_timeout, low=0, high=600),
         max_per_ip=t.number("max_per_ip", d.max_per_ip, low=0, high=1e7, integer=True),
         max_login_failures=t.number(
-            "max_login_failures", d.max_login_failures, low=0, high=1e6, integer=True
+            "max_login_failures", d.max_login_failures, low=0, high=1000, integer=True
         ),
         login_failure_window=t.number(
             "login_failure_window", d.login_failure_window, low=1, high=86400 * 7

@@ -13,7 +13,9 @@ With one worker the same class works on private memory.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import mmap
+import multiprocessing
 import zlib
 
 BUCKETS = 1 << 14
@@ -43,21 +45,130 @@ class SharedCounters:
         return sum(self._cells[w * self.buckets + b] for w in range(self.workers))
 
 
-class SharedDeadlines:
-    """A deadline per key (whole seconds of the monotonic clock, which all
-    processes share), any worker may extend it: used for bans."""
+class SharedLogins:
+    """Failed logins and bans per client address, for every worker.
 
-    def __init__(self, buckets: int = BUCKETS) -> None:
-        self.buckets = buckets
-        self._map = mmap.mmap(-1, buckets * 8)
-        self._cells = memoryview(self._map).cast("q")
+    A table of cells keyed by the address itself, so that no two addresses
+    share a cell (a ban never falls on a bystander). A cell holds the address,
+    a ban deadline and the times of its last `ring` failures: an address is
+    banned when `max_failures` of them lie within `window` seconds (a sliding
+    window, exact while max_failures <= ring). Writers take a lock (failed
+    logins are rare and must not be lost to a race between workers); `banned`,
+    asked for every new session, reads without it: each field is one aligned
+    8-byte word. Times are milliseconds of the monotonic clock all processes
+    share. When the cells near an address are all live, the one whose last
+    failure is oldest (and that is not banned) makes room.
+    """
 
-    def extend(self, key: str, until: float) -> None:
-        i = _bucket(key, self.buckets)
-        self._cells[i] = max(self._cells[i], int(until) + 1)
+    PROBE = 16
+    _FLAGS, _HI, _LO, _UNTIL, _NEXT = range(5)
 
-    def active(self, key: str, now: float) -> bool:
-        return self._cells[_bucket(key, self.buckets)] > now
+    def __init__(self, ring: int = 16, cells: int = 1 << 14) -> None:
+        self.ring = max(16, ring)
+        self.cells = cells
+        self.width = 5 + self.ring
+        self._map = mmap.mmap(-1, cells * self.width * 8)
+        self._q = memoryview(self._map).cast("Q")
+        self._lock = multiprocessing.Lock()
+
+    @staticmethod
+    def _key(ip: str) -> int:
+        address = ipaddress.ip_address(ip)
+        if address.version == 4:
+            return 0xFFFF << 32 | int(address)  # as ::ffff:a.b.c.d
+        return int(address)
+
+    def _cell(self, key: int, claim: bool, now: int, window: int) -> int | None:
+        """The base index of `key`'s cell; with `claim`, a free (or freed) one if none."""
+        q, width = self._q, self.width
+        hi, lo = key >> 64, key & 0xFFFFFFFFFFFFFFFF
+        start = zlib.crc32(key.to_bytes(16, "big")) % self.cells
+        spare: int | None = None
+        oldest: tuple[int, int] | None = None
+        for i in range(self.PROBE):
+            base = (start + i) % self.cells * width
+            if q[base + self._FLAGS] and q[base + self._HI] == hi and q[base + self._LO] == lo:
+                return base
+            if not claim:
+                continue
+            last = self._last(base)
+            idle = q[base + self._UNTIL] <= now and now - last >= window
+            if spare is None and (not q[base + self._FLAGS] or idle):
+                spare = base
+            elif q[base + self._UNTIL] <= now and (oldest is None or last < oldest[0]):
+                oldest = (last, base)
+        if not claim:
+            return None
+        if spare is None and oldest is None:
+            return None  # every cell near it holds a ban: this address goes uncounted
+        base = spare if spare is not None else oldest[1]  # type: ignore[index]
+        q[base : base + width] = memoryview(bytes(width * 8)).cast("Q")
+        q[base + self._HI], q[base + self._LO] = hi, lo
+        q[base + self._FLAGS] = 1
+        return base
+
+    def _last(self, base: int) -> int:
+        """The time of a cell's latest failure (0: none)."""
+        q = self._q
+        index = (q[base + self._NEXT] - 1) % self.ring
+        return int(q[base + 5 + index])
+
+    def failed(self, ip: str, now: float, max_failures: int, window: float, ban: float) -> bool:
+        """Record a failed login at `now`; True when it bans the address until now + ban."""
+        if max_failures <= 0:
+            return False
+        now_ms, window_ms = _ms(now), _ms(window)
+        with self._lock:
+            base = self._cell(self._key(ip), True, now_ms, window_ms)
+            if base is None:
+                return False
+            q = self._q
+            at = q[base + self._NEXT]
+            q[base + 5 + at % self.ring] = now_ms
+            q[base + self._NEXT] = at + 1
+            counted = min(max_failures, self.ring)
+            if at + 1 < counted:
+                return False
+            # The max_failures-th latest failure (or the oldest one kept).
+            first = q[base + 5 + (at + 1 - counted) % self.ring]
+            if now_ms - first >= window_ms:
+                return False
+            q[base + self._UNTIL] = now_ms + _ms(ban)
+            for i in range(self.ring):  # served: counting starts afresh
+                q[base + 5 + i] = 0
+            q[base + self._NEXT] = 0
+            return True
+
+    def banned(self, ip: str, now: float) -> bool:
+        base = self._cell(self._key(ip), False, 0, 0)
+        return base is not None and self._q[base + self._UNTIL] > _ms(now)
+
+    def lift(self, ip: str) -> bool:
+        """Forget the address: its ban and its failures. True if there was a ban."""
+        with self._lock:
+            base = self._cell(self._key(ip), False, 0, 0)
+            if base is None:
+                return False
+            was = bool(self._q[base + self._UNTIL])
+            self._q[base + self._FLAGS] = 0
+            return was
+
+    def bans(self, now: float) -> list[tuple[str, float]]:
+        """(address, until) of every ban in force, until on the monotonic clock."""
+        q, width, now_ms = self._q, self.width, _ms(now)
+        found = []
+        for base in range(0, self.cells * width, width):
+            until = q[base + self._UNTIL]
+            if q[base + self._FLAGS] and until > now_ms:
+                key = q[base + self._HI] << 64 | q[base + self._LO]
+                address = ipaddress.IPv6Address(key)
+                ip = address.ipv4_mapped or address
+                found.append((str(ip), until / 1000))
+        return found
+
+
+def _ms(seconds: float) -> int:
+    return max(0, int(seconds * 1000))
 
 
 class SharedHealth:
@@ -107,7 +218,7 @@ class SharedHealth:
 class Shared:
     """Everything the workers of one balancer share."""
 
-    def __init__(self, workers: int = 1) -> None:
+    def __init__(self, workers: int = 1, login_ring: int = 16) -> None:
         self.workers = workers
         self.worker = 0
         self.sessions = SharedCounters(workers, 1)
@@ -117,7 +228,8 @@ class Shared:
         self.data_by_client = SharedCounters(workers)
         """Open data connections per (client address, backend): a routed control
         session is not idle while its data moves, whichever worker carries it."""
-        self.bans = SharedDeadlines()
+        self.logins = SharedLogins(login_ring)
+        """Failed logins and bans (inspect mode)."""
         self.backends = SharedCounters(workers)
         """Per backend: current and total sessions, all workers (leastconn)."""
         self.health = SharedHealth()

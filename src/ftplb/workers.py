@@ -195,7 +195,7 @@ def run(config: Config) -> int:
         log.error("cannot listen: %s", busy)
         return 2
     count = config.balancer.worker_count()
-    shared = Shared(count)
+    shared = Shared(count, login_ring=config.balancer.max_login_failures)
     workers: list[Worker] = []
     for index in range(count):
         ours, theirs = socket.socketpair()

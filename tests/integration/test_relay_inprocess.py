@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -62,26 +64,34 @@ async def shutdown(backend: asyncio.Server, balancer: RoutedBalancer) -> None:
 
 
 @LOOPS
-def test_bytes_sent_before_the_backend_connects_arrive_in_order(loop: str) -> None:
+@pytest.mark.parametrize("kind", ["control", "data"])
+def test_bytes_sent_before_the_backend_connects_arrive_in_order(loop: str, kind: str) -> None:
+    greeting = b"220 hi\r\n" if kind == "control" else b""
+
     async def main() -> None:
         async def echo_after_eof(
             reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         ) -> None:
+            writer.write(greeting)  # a control connection's backend speaks first
             data = await reader.read()  # to EOF: the client's half-close reached us
             writer.write(data[::-1])
             await writer.drain()
             writer.close()
 
-        backend, balancer, control, _ = await run_with_backend(echo_after_eof)
+        backend, balancer, control, passive = await run_with_backend(echo_after_eof)
+        recorder = await asyncio.start_server(echo_after_eof, "127.0.1.1", passive)
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", control)
+            port = control if kind == "control" else passive
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
             payload = bytes(range(256)) * 4000
             writer.write(payload)  # at once, before the balancer's backend connect completes
             writer.write_eof()
             answer = await asyncio.wait_for(reader.read(), 10)
-            assert answer == payload[::-1]
+            assert answer == greeting + payload[::-1]
             writer.close()
         finally:
+            recorder.close()
+            await recorder.wait_closed()
             await shutdown(backend, balancer)
 
     run(main(), loop)
@@ -130,11 +140,9 @@ def test_data_connection_carries_the_proxy_header_first(loop: str) -> None:
 @LOOPS
 def test_backend_reset_resets_the_client(loop: str) -> None:
     async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 hi\r\n")
         await reader.read(1)
         sock = writer.get_extra_info("socket")
-        import socket
-        import struct
-
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.close()
 
@@ -142,6 +150,7 @@ def test_backend_reset_resets_the_client(loop: str) -> None:
         backend, balancer, control, _ = await run_with_backend(reset)
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", control)
+            assert await asyncio.wait_for(reader.readline(), 10) == b"220 hi\r\n"
             writer.write(b"x")
             with contextlib.suppress(ConnectionResetError):
                 assert await asyncio.wait_for(reader.read(), 10) == b""

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ftplb.errors import ProtocolError
-from ftplb.proto.lines import LineReader, ReplyReader
+from ftplb.proto.lines import BadReply, LineReader, LineTooLong, Reply, ReplyReader
 from ftplb.proto.proxy_protocol import V2_SIGNATURE, encode_v1, encode_v2, parse_header
 
 ports = st.integers(0, 65535)
@@ -66,31 +66,36 @@ def test_proxy_any_bytes_parse_or_raise_whole_or_byte_by_byte(data: bytes) -> No
 def test_line_reader_never_holds_more_than_its_limit(chunks: list[bytes], limit: int) -> None:
     reader = LineReader(max_line=limit)
     for chunk in chunks:
-        try:
-            lines = reader.feed(chunk)
-        except ProtocolError as exc:
-            assert exc.reply.startswith("500 ")
-            continue
-        assert all(len(line) <= limit for line in lines)
-        assert len(reader._buf) <= limit + 1
+        reader.feed(chunk)
+        for line in reader.lines():
+            assert isinstance(line, LineTooLong) or len(line) <= limit
+        assert reader.buffered <= limit + 1
+
+
+@given(st.binary(max_size=300), st.integers(4, 40))
+def test_line_reader_same_lines_whole_or_byte_by_byte(data: bytes, limit: int) -> None:
+    def run(pieces: list[bytes]) -> list[bytes | LineTooLong]:
+        reader = LineReader(max_line=limit)
+        out: list[bytes | LineTooLong] = []
+        for piece in pieces:
+            reader.feed(piece)
+            out.extend(reader.lines())
+        return out
+
+    whole = run([data])
+    # The same lines and the same errors, in the same order, however it arrives.
+    assert run([data[i : i + 1] for i in range(len(data))]) == whole
 
 
 @given(st.binary(max_size=300))
 def test_reply_reader_same_replies_whole_or_byte_by_byte(data: bytes) -> None:
-    def run(pieces: list[bytes]) -> object:
+    def run(pieces: list[bytes]) -> list[Reply | BadReply]:
         reader = ReplyReader(max_line=100, max_lines=10)
-        out = []
-        try:
-            for piece in pieces:
-                out.extend(reader.feed(piece))
-        except ProtocolError:
-            return ("error", out)
+        out: list[Reply | BadReply] = []
+        for piece in pieces:
+            out.extend(reader.feed(piece))
         return out
 
     whole = run([data])
-    by_byte = run([data[i : i + 1] for i in range(len(data))])
-    if isinstance(whole, tuple) or isinstance(by_byte, tuple):
-        # Both fail; byte-by-byte may have delivered replies before the bad line.
-        assert isinstance(whole, tuple) and isinstance(by_byte, tuple)
-    else:
-        assert whole == by_byte
+    assert run([data[i : i + 1] for i in range(len(data))]) == whole
+    assert all(not isinstance(r, BadReply) for r in whole[:-1])  # an error ends the stream

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ftplb.shared import SharedCounters, SharedHealth
+from ftplb.shared import SharedCounters, SharedHealth, SharedLogins
 
 
 def test_health_is_unknown_until_published_then_follows_every_change() -> None:
@@ -52,3 +52,45 @@ def test_counters_add_up_across_columns() -> None:
     counters.add("x", 2)
     counters.add("y", 1)
     assert counters.total("x") == 5 and counters.total("y") == 1
+
+
+def test_logins_sliding_window_ban_and_lift() -> None:
+    logins = SharedLogins()
+    assert not logins.failed("10.0.0.1", 0, 3, 60, 100)
+    assert not logins.failed("10.0.0.1", 50, 3, 60, 100)
+    assert not logins.failed("10.0.0.1", 70, 3, 60, 100)  # the first one left the window
+    assert logins.failed("10.0.0.1", 75, 3, 60, 100)  # three within 60 s: banned
+    assert logins.banned("10.0.0.1", 100) and not logins.banned("10.0.0.2", 100)
+    assert logins.bans(100) == [("10.0.0.1", 175.0)]
+    assert not logins.banned("10.0.0.1", 175)  # ban over
+    assert not logins.failed("10.0.0.1", 180, 3, 60, 100)  # counting started afresh
+    logins.failed("2001:db8::1", 200, 1, 60, 100)
+    assert logins.banned("2001:db8::1", 201) and not logins.banned("::ffff:10.0.0.1", 201)
+    assert logins.lift("2001:db8::1") and not logins.banned("2001:db8::1", 201)
+    assert not logins.failed("10.0.0.3", 0, 0, 60, 100)  # 0: banning off
+    assert not logins.banned("10.0.0.3", 0)
+
+
+def test_logins_are_counted_across_workers() -> None:
+    # The table is made before the fork: a failure in a child counts in the parent.
+    logins = SharedLogins()
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            logins.failed("192.0.2.9", 10, 3, 60, 100)
+            os._exit(0)
+        os.waitpid(pid, 0)
+    assert logins.failed("192.0.2.9", 11, 3, 60, 100)
+
+
+def test_addresses_never_share_a_ban() -> None:
+    # A table of 4 cells: every address collides with another, none takes its ban.
+    logins = SharedLogins(cells=4)
+    addresses = [f"198.51.100.{i}" for i in range(4)]
+    logins.failed(addresses[0], 0, 1, 60, 100)
+    assert [logins.banned(a, 1) for a in addresses] == [True, False, False, False]
+    # Full of live cells and the rest banned: the newcomer goes uncounted, no ban moves.
+    for a in addresses[1:]:
+        logins.failed(a, 0, 1, 60, 100)
+    assert not logins.failed("198.51.100.200", 1, 1, 60, 100)
+    assert all(logins.banned(a, 1) for a in addresses)

@@ -7,7 +7,6 @@ its `snapshot()` and adds them up with `merge`, and sends each change to all.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -69,7 +68,7 @@ def snapshot_of(rt: Runtime) -> Snapshot:
     if isinstance(lb, InspectBalancer):
         counters["logins"] = dict(lb.logins)
         counters["transfers"] = dict(lb.transfers)
-        counters["banned"] = lb.guard.banned_count(asyncio.get_running_loop().time())
+        counters["banned"] = len(lb.shared.logins.bans(lb.loop.time()))
     return {
         "status": {
             "mode": b.mode,

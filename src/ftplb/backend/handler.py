@@ -25,8 +25,10 @@ left for pyftpdlib.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -295,3 +297,37 @@ def reuse_checking_dtp() -> type[Any]:
             super().handle_ssl_established()
 
     return ReuseCheckingDTPHandler
+
+
+class ResetFailsUpload:
+    """Mixed into `ftplb backend`'s data-connection handlers. pyftpdlib takes a
+    reset data connection for its end: an upload cut off by a crashed client
+    (or a reset that a balancer passes on) was kept as complete, with a 226. A
+    reset during an upload is a failed transfer: 426, logged as incomplete."""
+
+    receive: bool
+    transfer_finished: bool
+    _closed: bool
+    _resp: tuple[str, Callable[[str], None]] | None
+
+    def handle_close(self) -> None:
+        # A reset reaches handle_close from inside recv()'s `except` clause.
+        if self.receive and not self._closed and _is_reset(sys.exc_info()[1]):
+            self.transfer_finished = False
+            self._resp = ("426 Connection reset during the upload; transfer aborted.", logger.info)
+            self.close()  # type: ignore[attr-defined]
+            return
+        super().handle_close()  # type: ignore[misc]
+
+
+def _is_reset(exc: BaseException | None) -> bool:
+    if isinstance(exc, ConnectionResetError):
+        return True
+    # pyOpenSSL reports a reset under TLS as SysCallError(errno, text).
+    args: tuple[Any, ...] = getattr(exc, "args", ())
+    return type(exc).__name__ == "SysCallError" and bool(args) and args[0] == errno.ECONNRESET
+
+
+def with_reset_check(dtp: type[Any]) -> type[Any]:
+    """`dtp` (a pyftpdlib DTPHandler class) failing uploads that end in a reset."""
+    return type(f"ResetChecking{dtp.__name__}", (ResetFailsUpload, dtp), {})

@@ -19,6 +19,7 @@ from ftplb.backend.handler import (
     reuse_checking_dtp,
     tls_handler_base,
     trusted_networks,
+    with_reset_check,
 )
 from ftplb.config import HostPort, PortRange, parse_host_port, parse_ip, parse_port_range
 
@@ -70,6 +71,7 @@ def make_server(opts: BackendOptions) -> FTPServer:
         if opts.tls_session_reuse:
             attrs["dtp_handler"] = reuse_checking_dtp()
     handler: Any = type("BackendHandler", bases, attrs)
+    handler.dtp_handler = with_reset_check(handler.dtp_handler)
     if opts.tls_cert:
         context = handler.get_ssl_context()
         # Resumption needs a session id context (TLS 1.2 cache; 1.3 tickets work anyway).

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 from ftplb.config import PortRange
 from ftplb.io import splice
-from ftplb.io.relay import Relay, client_addresses, peer_address
+from ftplb.io.relay import Relay, client_addresses, peer_address, reset
 from ftplb.proto import proxy_protocol
 from ftplb.proto.addresses import same_host
 
@@ -125,6 +125,7 @@ class DataChannel:
         on_spliced: Callable[[], None] | None = None,
         backend_tls: BackendTLS | None = None,
         control_addresses: tuple[tuple[str, int], tuple[str, int]] | None = None,
+        connect_timeout: float = 5.0,
     ) -> None:
         self.label = label
         self.proxy_version = proxy_version
@@ -136,6 +137,7 @@ class DataChannel:
         """The control connection's (client, local): the PROXY header of a TLS
         backend connection made before the client's data connection exists."""
         self._header_sent = False
+        self.connect_timeout = connect_timeout
         self.require_reuse = require_reuse
         self.handshake_timeout = handshake_timeout
         self._on_refused = on_refused
@@ -330,52 +332,85 @@ class DataChannel:
         else:
             self._spawn(self._connect(lambda: relay.backend, backend, None))
 
-    def connect_client(self, target: tuple[str, int], source_host: str) -> None:
+    def connect_client(
+        self, target: tuple[str, int], source_host: str, on_connected: Callable[[], None]
+    ) -> None:
+        """Active mode: connect to the client first; `on_connected()` once the TCP
+        connection exists (with PROT P the client's TLS handshake may still be
+        running: clients start it when they see the 150), `on_fail` if it never does."""
         if self.relay is None:
             self.relay = Relay(self._relay_closed)
         relay = self.relay
-        self._spawn(self._connect(lambda: relay.client, target, (source_host, 0), self.tls))
+        if self.tls is None:
+            self._spawn(self._connect(lambda: relay.client, target, (source_host, 0), on_connected))
+        else:
+            self._spawn(self._connect_tls_client(relay, target, (source_host, 0), on_connected))
 
     async def _connect(
         self,
         factory: Callable[[], asyncio.Protocol],
         address: tuple[str, int],
         local: tuple[str, int] | None,
-        tls: ssl.SSLContext | None = None,
+        on_connected: Callable[[], None] | None = None,
     ) -> None:
-        loop = self.loop
         try:
-            if tls is None:
-                async with asyncio.timeout(10):
-                    await loop.create_connection(factory, address[0], address[1], local_addr=local)
-            else:
-                # Active mode with PROT P: we connect, yet the FTP client is the TLS
-                # client. Connect a plain socket, then treat it as an accepted one:
-                # the handshake completes before the endpoint sees a byte.
-                sock = socket.socket(
-                    socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM
-                )
-                try:
-                    sock.setblocking(False)
-                    if local is not None:
-                        sock.bind(local)
-                    async with asyncio.timeout(10):
-                        await loop.sock_connect(sock, address)
-                    transport, _ = await loop.connect_accepted_socket(
-                        factory, sock, ssl=tls, ssl_handshake_timeout=self.handshake_timeout
-                    )
-                except BaseException:
-                    sock.close()
-                    raise
-                if not self._tls_accepted(transport):
-                    transport.abort()
-                    self.close()
-                    return
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            log.warning("%s: data connect to %s:%d failed: %s", self.label, *address, exc)
+            async with asyncio.timeout(self.connect_timeout):
+                await self.loop.create_connection(factory, address[0], address[1], local_addr=local)
+        except (OSError, TimeoutError) as exc:
+            self._connect_failed(address, exc)
+            return
+        if on_connected is not None and not self.closed:
+            on_connected()
+        self._maybe_start()
+
+    async def _connect_tls_client(
+        self,
+        relay: Relay,
+        address: tuple[str, int],
+        local: tuple[str, int],
+        on_connected: Callable[[], None],
+    ) -> None:
+        """Active mode with PROT P: we connect, yet the FTP client is the TLS client.
+        Connect a plain socket, then treat it as an accepted one: the handshake
+        completes before the endpoint sees a byte."""
+        loop = self.loop
+        sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
+        try:
+            sock.setblocking(False)
+            sock.bind(local)
+            async with asyncio.timeout(self.connect_timeout):
+                await loop.sock_connect(sock, address)
+        except BaseException as exc:
+            sock.close()
+            if not isinstance(exc, (OSError, TimeoutError)):
+                raise
+            self._connect_failed(address, exc)
+            return
+        if not self.closed:
+            on_connected()
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: relay.client,
+                sock,
+                ssl=self.tls,
+                ssl_handshake_timeout=self.handshake_timeout,
+            )
+        except BaseException as exc:
+            reset(sock)
+            sock.close()
+            if not isinstance(exc, (OSError, TimeoutError, ssl.SSLError)):
+                raise
+            self._connect_failed(address, exc)
+            return
+        if not self._tls_accepted(transport):
+            reset(transport)
             self.close()
             return
         self._maybe_start()
+
+    def _connect_failed(self, address: tuple[str, int], exc: BaseException) -> None:
+        log.warning("%s: data connect to %s:%d failed: %s", self.label, *address, exc or "timeout")
+        self.close()
 
     async def _connect_tls_backend(
         self, relay: Relay, address: tuple[str, int], tls: BackendTLS
@@ -387,7 +422,7 @@ class DataChannel:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(self.connect_timeout):
                 await loop.sock_connect(sock, address)
             header = self._proxy_header()
             if header:
@@ -407,8 +442,7 @@ class DataChannel:
             sock.close()
             if not isinstance(exc, (OSError, TimeoutError)):
                 raise
-            log.warning("%s: data connect to %s:%d failed: %s", self.label, *address, exc)
-            self.close()
+            self._connect_failed(address, exc)
             return
         if not await self._handshake(
             raw, handshake, f"TLS to backend data port {address[1]} failed"

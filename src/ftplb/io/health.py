@@ -10,9 +10,8 @@ import time
 from ftplb.balancer.health import HealthTracker
 from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config
-from ftplb.errors import ProtocolError
 from ftplb.proto import proxy_protocol
-from ftplb.proto.lines import ReplyReader
+from ftplb.proto.lines import BadReply, ReplyReader
 from ftplb.shared import Shared, SharedHealth
 
 log = logging.getLogger("ftplb.health")
@@ -40,9 +39,11 @@ async def probe(host: str, port: int, check: str, timeout: float, proxy: str) ->
                 got = replies.feed(data)
                 if got:
                     break
-            code = got[0].code
-            if code != 220:
-                return False, f"greeted with {code}"
+            first = got[0]
+            if isinstance(first, BadReply):
+                return False, f"bad greeting: {first}"
+            if first.code != 220:
+                return False, f"greeted with {first.code}"
             writer.write(b"QUIT\r\n")
             return True, "greeted with 220"
     except TimeoutError:
@@ -50,8 +51,6 @@ async def probe(host: str, port: int, check: str, timeout: float, proxy: str) ->
         return False, f"{what} within {timeout:g}s"
     except OSError as exc:
         return False, f"{stage} failed: {exc.strerror or exc}"
-    except ProtocolError as exc:
-        return False, f"bad greeting: {exc}"
     finally:
         if writer is not None:
             writer.close()

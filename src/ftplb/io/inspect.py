@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 import ssl
 from collections import Counter
 from typing import Any, cast
 
-from ftplb.balancer.guard import LoginGuard
 from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config, HostPort
 from ftplb.io.data import BackendTLS, DataChannel, DataPorts
@@ -38,6 +38,7 @@ from ftplb.proto.session import (
     ListenData,
     Log,
     LoginResult,
+    Redispatch,
     SendBackend,
     SendClient,
     SessionSettings,
@@ -80,16 +81,12 @@ class _Side(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.session.side_lost(self, exc)
 
-    # A slow reader on this side: stop reading from the other.
+    # A slow reader on this side: stop reading what would be written to it.
     def pause_writing(self) -> None:
-        other = self.session.other(self)
-        if other is not None and other.transport is not None:
-            other.transport.pause_reading()
+        self.session.write_paused(self, True)
 
     def resume_writing(self) -> None:
-        other = self.session.other(self)
-        if other is not None and other.transport is not None:
-            other.transport.resume_reading()
+        self.session.write_paused(self, False)
 
 
 class ControlSession:
@@ -101,6 +98,8 @@ class ControlSession:
         self.backend: Backend | None = None
         self.backend_ssl: ssl.SSLObject | None = None
         """The backend control connection's TLS, once `backend_tls` has started it."""
+        self.backend_context: ssl.SSLContext | None = None
+        """The client context that made `backend_ssl`: only it can resume that session."""
         self.core: InspectSession | None = None
         self.client_addr: tuple[str, int] = ("", 0)
         self.local_addr: tuple[str, int] = ("", 0)
@@ -114,6 +113,16 @@ class ControlSession:
         self._timer_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._tried: set[str] = set()
+        self._user: str | None = None
+        self.tls: ssl.SSLContext | None = None
+        """The server context this session started with: its data connections
+        resume sessions of its cache, whatever a reload changes meanwhile."""
+        self._client_full = False
+        """The client does not read its replies: its write buffer is full."""
+        self._backend_full = False
+        self._client_reading = True
+        self._tls_starting = False
+        self._resume_soon = False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -136,6 +145,7 @@ class ControlSession:
             return
         self.counted = True
         b = self.balancer.config.balancer
+        self.tls = self.balancer.tls
         self.core = InspectSession(
             SessionSettings(
                 client=self.client_addr,
@@ -144,7 +154,8 @@ class ControlSession:
                 balance_by_user=b.balance == "user" or bool(self.balancer.config.users),
                 login_timeout=b.login_timeout,
                 idle_timeout=b.idle_timeout,
-                tls=self.balancer.tls is not None,
+                greeting_timeout=self.balancer.config.greeting_timeout(),
+                tls=self.tls is not None,
                 tls_required=self.balancer.config.tls.required,
                 implicit_tls=self.implicit,
                 backend_tls=self.balancer.config.tls.backend_tls,
@@ -161,14 +172,32 @@ class ControlSession:
             self.run(self.core.backend_data(data, self.loop.time()))
 
     def side_lost(self, side: _Side, exc: Exception | None) -> None:
-        if self.closed:
-            return
+        if self.closed or (side is not self.client and side is not self.backend_side):
+            return  # a backend we gave up on (redispatch)
         if side is self.client:
+            if self.core is not None:
+                self.run(self.core.client_closed())
             self.close("client reset" if exc else "client closed")
         elif self.core is not None:
             self.run(self.core.backend_closed())
         else:
             self.close("backend closed")
+
+    def write_paused(self, side: _Side, paused: bool) -> None:
+        """A side's write buffer passed its high-water mark (or drained). What
+        would be written there is not read meanwhile: a client that never reads
+        its replies stops both its own commands and the backend's replies."""
+        if side is self.client:
+            self._client_full = paused
+            other = self.backend_side
+            if other is not None and other.transport is not None and not self.closed:
+                if paused:
+                    other.transport.pause_reading()
+                else:
+                    other.transport.resume_reading()
+        else:
+            self._backend_full = paused
+        self._pace_client()
 
     # -- carrying out the core's commands
 
@@ -178,6 +207,30 @@ class ControlSession:
                 return
             self._do(cmd)
         self._arm_timer()
+        self._pace_client()
+
+    def _pace_client(self) -> None:
+        """Read the client only while the core has room for its commands and its
+        replies are being read; come back soon for lines the core left waiting."""
+        core = self.core
+        transport = self.client.transport
+        if self.closed or core is None or transport is None or self._tls_starting:
+            return
+        want = core.wants_client_data and not self._client_full and not self._backend_full
+        if want != self._client_reading:
+            self._client_reading = want
+            if want:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+        if not self._resume_soon and not self._client_full and core.runnable:
+            self._resume_soon = True
+            self.loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        self._resume_soon = False
+        if self.core is not None and not self.closed:
+            self.run(self.core.resume(self.loop.time()))
 
     def _do(self, cmd: Cmd) -> None:
         match cmd:
@@ -189,21 +242,26 @@ class ControlSession:
                     self.backend_side.transport.write(data)
             case ConnectBackend(user):
                 self._connect_backend(user)
+            case Redispatch(reason):
+                self._redispatch(reason)
             case Close(reason):
                 self.close(reason)
             case ListenData(backend, client_ip, tls, backend_tls):
                 self._listen(backend, client_ip, tls, backend_tls)
-            case ConnectBackendData(backend, backend_tls):
-                self._new_channel(backend_tls=backend_tls).connect_backend(backend)
             case ConnectClientData(target, tls):
-                channel = self.data if self.data is not None else self._new_channel()
-                channel.tls = self.balancer.tls if tls else None
-                channel.connect_client(target, self._source_host())
+                channel = self._new_channel(tls)
+                channel.connect_client(target, self._source_host(), self._data_client_connected)
+            case ConnectBackendData(backend, backend_tls):
+                if self.data is not None:
+                    if backend_tls:
+                        self.data.backend_tls = self._backend_data_tls()
+                    self.data.connect_backend(backend)
             case StartClientTLS():
                 # Nothing more may reach the FTP parser: the next bytes are the
                 # ClientHello, for the TLS layer that start_tls puts in between.
                 if self.client.transport is not None:
                     self.client.transport.pause_reading()
+                self._tls_starting = True
                 self._spawn(self._start_tls())
             case StartBackendTLS():
                 if self.backend_side is not None and self.backend_side.transport is not None:
@@ -245,6 +303,7 @@ class ControlSession:
     # -- backend control connection
 
     def _connect_backend(self, user: str | None) -> None:
+        self._user = user
         backend = self.balancer.choose(self, user)
         if backend is None:
             self.balancer.rejected["no_backend"] += 1
@@ -252,7 +311,7 @@ class ControlSession:
             self.run(self.core.backend_failed("no healthy backend"))
             return
         self._assign(backend)
-        self._spawn(self._connect(backend, user))
+        self._spawn(self._connect(backend))
 
     def _assign(self, backend: Backend) -> None:
         self.backend = backend
@@ -260,7 +319,31 @@ class ControlSession:
         backend.sessions += 1
         backend.sessions_total += 1
 
-    async def _connect(self, backend: Backend, user: str | None) -> None:
+    def _unassign(self, reason: str) -> Backend | None:
+        """The current backend failed before the client heard from it: the next one."""
+        backend = self.backend
+        if backend is not None:
+            log.warning("backend %s: %s; redispatching", backend.name, reason)
+            backend.sessions -= 1
+            backend.connect_failures_total += 1
+            self.balancer.retire_if_idle(backend)
+        self.backend = None
+        return self.balancer.choose(self, self._user, exclude=self._tried)
+
+    def _redispatch(self, reason: str) -> None:
+        """The backend connected but never greeted with 220: try another one."""
+        side, self.backend_side = self.backend_side, None
+        if side is not None and side.transport is not None:
+            side.transport.abort()
+        self.backend_ssl = None
+        other = self._unassign(reason)
+        if other is None:
+            self.run(self._core().backend_failed(reason))
+            return
+        self._assign(other)
+        self._spawn(self._connect(other))
+
+    async def _connect(self, backend: Backend) -> None:
         timeout = self.balancer.config.balancer.connect_timeout
         while True:
             side = _Side(self, False)
@@ -274,11 +357,7 @@ class ControlSession:
                 break
             except (OSError, TimeoutError) as exc:
                 reason = f"backend connect failed: {getattr(exc, 'strerror', None) or 'timeout'}"
-            log.warning("backend %s: %s; redispatching", backend.name, reason)
-            backend.sessions -= 1
-            backend.connect_failures_total += 1
-            self.backend = None
-            other = self.balancer.choose(self, user, exclude=self._tried)
+            other = self._unassign(reason)
             if other is None or self.closed:
                 if self.core is not None and not self.closed:
                     self.run(self.core.backend_failed(reason))
@@ -319,7 +398,7 @@ class ControlSession:
             self._data_opened,
             self._data_closed,
             version,
-            tls=self.balancer.tls if tls else None,
+            tls=self.tls if tls else None,
             require_reuse=t.session_reuse,
             handshake_timeout=t.handshake_timeout,
             on_refused=self._data_refused,
@@ -327,12 +406,13 @@ class ControlSession:
             on_spliced=self.balancer.data_spliced,
             backend_tls=self._backend_data_tls() if backend_tls else None,
             control_addresses=(self.client_addr, self.local_addr),
+            connect_timeout=self.balancer.config.balancer.connect_timeout,
         )
         self.data = channel
         return channel
 
     def _backend_data_tls(self) -> BackendTLS | None:
-        context = self.balancer.backend_tls
+        context = self.backend_context
         if context is None or self.backend_ssl is None or self.backend is None:
             return None
         return BackendTLS(
@@ -368,11 +448,16 @@ class ControlSession:
             return
         side.transport = secured
         self.backend_ssl = secured.get_extra_info("ssl_object")
+        self.backend_context = context
         self.run(self._core().backend_tls_ready())
 
     def _core(self) -> InspectSession:
         assert self.core is not None
         return self.core
+
+    def _data_client_connected(self) -> None:
+        if self.core is not None and not self.closed:
+            self.run(self.core.data_client_connected(self.loop.time()))
 
     def _data_failed(self) -> None:
         if self.core is not None and not self.closed:
@@ -385,7 +470,7 @@ class ControlSession:
     async def _start_tls(self) -> None:
         """AUTH TLS answered: the client's control connection becomes TLS, we the server."""
         transport = self.client.transport
-        context = self.balancer.tls
+        context = self.tls
         assert transport is not None and context is not None
         try:
             secured = await self.loop.start_tls(
@@ -403,6 +488,9 @@ class ControlSession:
             self.close("TLS handshake failed")
             return
         self.client.transport = secured
+        self._tls_starting = False
+        self._client_reading = True  # the TLS transport reads from the start
+        self._pace_client()
 
     def _listen(
         self, backend: tuple[str, int], client_ip: str, tls: bool, backend_tls: bool
@@ -504,12 +592,11 @@ class InspectBalancer:
     def __init__(self, config: Config, pool: Pool, shared: Shared | None = None) -> None:
         self.config = config
         self.pool = pool
-        self.shared = shared or Shared()
+        self.shared = shared or Shared(login_ring=config.balancer.max_login_failures)
         b = config.balancer
         # Each worker listens on its own slice: a data connection reaches the
         # worker that announced the port.
         self.ports = DataPorts(b.data_ports.slice(self.shared.worker, self.shared.workers))
-        self.guard = LoginGuard(b.max_login_failures, b.login_failure_window, b.ban_time)
         self.servers: list[asyncio.Server] = []
         self.sessions: set[ControlSession] = set()
         self.control_sessions = 0
@@ -521,7 +608,6 @@ class InspectBalancer:
         self.transfers: Counter[str] = Counter()
         self.tls = server_context(config) if config.tls.cert else None
         self.backend_tls = backend_context(config) if config.tls.backend_tls != "off" else None
-        self._prune_timer: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()
         """Kept: asking asyncio for it costs a getpid() system call on Python 3.11."""
 
@@ -535,7 +621,7 @@ class InspectBalancer:
             listen.port,
             reuse_address=True,
             reuse_port=reuse_port,
-            backlog=512,
+            backlog=self.config.balancer.listen_backlog(),
         )
         self.servers.append(server)
         implicit = self.config.tls.implicit_listen
@@ -548,7 +634,7 @@ class InspectBalancer:
                     implicit.port,
                     reuse_address=True,
                     reuse_port=reuse_port,
-                    backlog=512,
+                    backlog=self.config.balancer.listen_backlog(),
                     ssl=self.tls,
                     ssl_handshake_timeout=self.config.tls.handshake_timeout,
                 )
@@ -556,7 +642,6 @@ class InspectBalancer:
             log.info("inspect mode: implicit FTPS on %s", implicit)
         for each in self.servers:
             control_listener(each, oob_inline=True)  # ABOR arrives as urgent data
-        self._prune_guard()
         log.info(
             "inspect mode: control on %s, data ports %s, clients are told %s",
             listen,
@@ -564,14 +649,25 @@ class InspectBalancer:
             self.config.balancer.public_address,
         )
 
-    def _prune_guard(self) -> None:
-        """Forget expired bans and stale failures once a minute: memory follows activity."""
-        loop = asyncio.get_running_loop()
-        self.guard.prune(loop.time())
-        self._prune_timer = loop.call_later(60, self._prune_guard)
-
     def _factory(self) -> asyncio.Protocol:
         return ControlSession(self).client
+
+    async def reloaded(self) -> None:
+        """The config changed: new sessions get its [tls]. The server context is
+        updated in place when it exists (the implicit listener holds it, and its
+        session cache is what running sessions' data connections resume); each
+        session keeps the contexts it started with."""
+        t = self.config.tls
+        if not t.cert:
+            self.tls = None
+        elif self.tls is None:
+            self.tls = server_context(self.config)
+        else:
+            load_server_certificate(self.tls, self.config)
+        self.backend_tls = backend_context(self.config) if t.backend_tls != "off" else None
+
+    def control_sockets(self) -> list[socket.socket]:
+        return [sock for server in self.servers for sock in server.sockets]
 
     def stop_accepting(self) -> None:
         for server in self.servers:
@@ -579,8 +675,6 @@ class InspectBalancer:
         self.servers.clear()
 
     async def close(self) -> None:
-        if self._prune_timer is not None:
-            self._prune_timer.cancel()
         self.stop_accepting()
 
     def close_sessions(self) -> None:
@@ -594,7 +688,7 @@ class InspectBalancer:
         b = self.config.balancer
         ip = session.client_addr[0]
         now = self.loop.time()
-        if self.guard.banned(ip, now) or self.shared.bans.active(ip, now):
+        if self.shared.logins.banned(ip, now):
             self.rejected["banned"] += 1
             return "Too many failed logins from your address, try again later."
         if self.shared.sessions.total("") >= b.max_sessions:
@@ -631,15 +725,23 @@ class InspectBalancer:
             log.info("%s logged in on %s", session.who(), where)
             return
         ip = session.client_addr[0]
-        now = self.loop.time()
-        if self.guard.failed(ip, now):
-            self.shared.bans.extend(ip, now + self.config.balancer.ban_time)
+        b = self.config.balancer
+        # Counted where the bans live: every worker's failures add up.
+        if self.shared.logins.failed(
+            ip, self.loop.time(), b.max_login_failures, b.login_failure_window, b.ban_time
+        ):
             log.warning(
                 "client %s banned for %gs after %d failed logins",
                 ip,
                 self.config.balancer.ban_time,
                 self.config.balancer.max_login_failures,
             )
+
+    def retire_if_idle(self, backend: Backend) -> None:
+        """A backend removed by reload goes once its last session has."""
+        if backend.retired and backend.sessions == 0 and backend in self.pool.retired:
+            self.pool.retired.remove(backend)
+            log.info("backend %s retired", backend.name)
 
     def session_closed(self, session: ControlSession) -> None:
         self.sessions.discard(session)
@@ -653,10 +755,7 @@ class InspectBalancer:
                 del self.per_ip[ip]
             if session.backend is not None:
                 session.backend.sessions -= 1
-                if session.backend.retired and session.backend.sessions == 0:
-                    if session.backend in self.pool.retired:
-                        self.pool.retired.remove(session.backend)
-                    log.info("backend %s retired", session.backend.name)
+                self.retire_if_idle(session.backend)
                 session.backend.bytes_in += session.client.bytes_read
                 if session.backend_side is not None:
                     session.backend.bytes_out += session.backend_side.bytes_read
@@ -673,13 +772,19 @@ def _family(host: str) -> int:
 def server_context(config: Config) -> ssl.SSLContext:
     """The balancer's TLS server context, shared by control and data connections
     (one context: its session cache lets data connections resume the control one)."""
-    t = config.tls
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    load_server_certificate(context, config)
+    return context
+
+
+def load_server_certificate(context: ssl.SSLContext, config: Config) -> None:
+    """The certificate, key and lowest version of [tls]; again on reload (a renewed
+    certificate at the same path is read then)."""
+    t = config.tls
     context.minimum_version = (
         ssl.TLSVersion.TLSv1_3 if t.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     )
     context.load_cert_chain(t.cert, t.key or None)
-    return context
 
 
 def backend_context(config: Config) -> ssl.SSLContext:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 from collections.abc import Callable
 from typing import cast
 
@@ -75,6 +76,8 @@ class Endpoint(asyncio.Protocol):
             self.early.append(data)
             if self.transport is not None:
                 self.transport.pause_reading()
+            if self.side == 1:
+                relay.backend_spoke()
         elif peer.transport is not None and not peer.closed:
             peer.transport.write(data)
             if relay.splice_check is not None and self.bytes_read + peer.bytes_read >= SPLICE_AFTER:
@@ -85,6 +88,8 @@ class Endpoint(asyncio.Protocol):
         peer = self.peer
         reason = "client closed" if self.side == 0 else "backend closed"
         if peer is None and not self.relay.stopped:
+            if self.side == 1:
+                self.relay.backend_spoke()
             return True  # not started yet: `start` passes the EOF on after the early bytes
         if peer is None or peer.transport is None or peer.closed or peer.eof:
             self.relay.close(reason)
@@ -124,7 +129,7 @@ class Endpoint(asyncio.Protocol):
         if transport is None or self.closed:
             return
         if abort:
-            transport.abort()
+            reset(transport)
         elif self.draining:
             return
         elif transport.get_write_buffer_size() and not transport.can_write_eof():
@@ -158,6 +163,7 @@ class Relay:
         "client",
         "clock",
         "end_reason",
+        "first_bytes",
         "last_activity",
         "on_client",
         "splice_check",
@@ -181,6 +187,13 @@ class Relay:
         self.splice_check: Callable[[], bool] | None = None
         """Set by `start`: asked, once SPLICE_AFTER bytes have moved, whether the
         kernel should take over (small transfers never pay splice's setup)."""
+        self.first_bytes: asyncio.Future[None] | None = None
+        """Set by whoever waits for the backend to speak before `start` (a greeting)."""
+
+    def backend_spoke(self) -> None:
+        """Bytes (or the end) came from the backend before `start`."""
+        if self.first_bytes is not None and not self.first_bytes.done():
+            self.first_bytes.set_result(None)
 
     # -- lifecycle
 
@@ -264,6 +277,8 @@ class Relay:
         self.spliced = SplicedPair(cs, bs, up, down, self.close)
 
     def endpoint_lost(self, endpoint: Endpoint, exc: Exception | None) -> None:
+        if endpoint is self.backend:
+            self.backend_spoke()
         if self.spliced is not None:
             self.spliced.stop()
         peer = self.backend if endpoint is self.client else self.client
@@ -309,6 +324,15 @@ class Relay:
             if side.closed:  # no callback can come any more
                 side.relay = FINISHED
 
+    def replace_backend(self) -> None:
+        """Drop the backend connection made so far (it never greeted properly)
+        without touching the client: a new endpoint takes its place."""
+        old = self.backend
+        old.relay = FINISHED  # its loss is no concern of ours any more
+        self.backend = Endpoint(self, 1)
+        if old.transport is not None and not old.closed:
+            reset(old.transport)
+
     def backend_failed(self, reason: str) -> None:
         """The backend connection could not be made."""
         self.end_reason = reason
@@ -343,6 +367,24 @@ def _ignore(relay: Relay) -> None:
 FINISHED = Relay(_ignore)
 """What a closed endpoint of a finished relay points to instead of it."""
 FINISHED._done = True
+
+
+def reset(connection: asyncio.BaseTransport | socket.socket) -> None:
+    """Close with a TCP reset, not a FIN: the peer must learn that the stream is
+    incomplete. A plain close (what asyncio's abort() does too) ends an
+    interrupted upload like a finished one, and the server keeps a truncated file.
+    A socket is only armed (its owner closes it); a transport is aborted."""
+    linger = struct.pack("ii", 1, 0)
+    if isinstance(connection, socket.socket):
+        with contextlib.suppress(OSError):
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        return
+    # uvloop's transports implement the interface without subclassing it.
+    sock = connection.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+    cast(asyncio.Transport, connection).abort()
 
 
 def peer_address(transport: asyncio.BaseTransport) -> tuple[str, int]:

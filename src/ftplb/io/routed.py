@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections import Counter
 from typing import Any
 
@@ -114,17 +115,10 @@ class Session:
             self._connect_task = None
 
     async def _connect(self, backend: Backend, port: int, preamble: bytes) -> None:
-        loop = self.balancer.loop
-        timeout = self.balancer.config.balancer.connect_timeout
         while True:
-            try:
-                async with asyncio.timeout(timeout):
-                    await loop.create_connection(
-                        lambda: self.relay.backend, *self.target(backend, port)
-                    )
+            reason = await self._try(backend, port, preamble)
+            if not reason:
                 break
-            except (OSError, TimeoutError) as exc:
-                reason = f"backend connect failed: {getattr(exc, 'strerror', None) or 'timeout'}"
             if self.kind != "control":
                 self.relay.backend_failed(reason)
                 return
@@ -142,8 +136,61 @@ class Session:
             return
         if self.kind == "control":
             enable_keepalive(self.relay.backend.transport)  # type: ignore[arg-type]
+        if self.greets:
+            preamble = b""  # sent before the greeting
         # Long data transfers: the kernel moves the bytes (io/splice.py).
         self.relay.start(preamble, splice=splice.wanted if self.kind == "data" else None)
+
+    @property
+    def greets(self) -> bool:
+        """The backend speaks first (a plain control connection; with implicit
+        FTPS the client does, its TLS hello)."""
+        return self.kind == "control" and not self.implicit
+
+    async def _try(self, backend: Backend, port: int, preamble: bytes) -> str:
+        """Connect (and, for a control connection, wait for a 220): '' or why not."""
+        config = self.balancer.config
+        try:
+            async with asyncio.timeout(config.balancer.connect_timeout):
+                await self.balancer.loop.create_connection(
+                    lambda: self.relay.backend, *self.target(backend, port)
+                )
+        except (OSError, TimeoutError) as exc:
+            return f"backend connect failed: {getattr(exc, 'strerror', None) or 'timeout'}"
+        if not self.greets:
+            return ""
+        # The client is held (paused) until the backend greets: a frozen backend,
+        # or one that greets with 421, is passed over before the client hears it.
+        reason = await self._greeting(preamble, config.greeting_timeout())
+        if reason:
+            self.relay.replace_backend()
+        return reason
+
+    async def _greeting(self, preamble: bytes, timeout: float) -> str:
+        relay = self.relay
+        endpoint = relay.backend
+        transport = endpoint.transport
+        assert transport is not None
+        if preamble:
+            transport.write(preamble)  # a PROXY-aware backend greets after it
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    head = b"".join(endpoint.early)[:3]
+                    if len(head) == 3 or endpoint.eof or endpoint.closed:
+                        break
+                    relay.first_bytes = self.balancer.loop.create_future()
+                    transport.resume_reading()
+                    await relay.first_bytes
+        except TimeoutError:
+            return f"no greeting within {timeout:g}s"
+        finally:
+            relay.first_bytes = None
+        if len(head) < 3:
+            return "backend closed before greeting"
+        if head[:1] not in (b"1", b"2"):
+            return f"backend greeted with {head.decode(errors='replace')}"
+        return ""
 
     # -- idle timeout (control sessions)
 
@@ -190,6 +237,7 @@ class RoutedBalancer:
         # whose client is moving data to its backend is not idle.
         self._data_by_client: Counter[tuple[str, str]] = Counter()
         self._sessions: set[Session] = set()
+        self._backlog = config.balancer.listen_backlog()
         self.loop = asyncio.get_running_loop()
         """Kept: asking asyncio for it costs a getpid() system call on Python 3.11."""
 
@@ -251,7 +299,7 @@ class RoutedBalancer:
             at.port,
             reuse_address=True,
             reuse_port=self.shared.workers > 1,  # each worker binds; the kernel spreads
-            backlog=512,
+            backlog=self._backlog,
         )
 
     def _control_factory(self) -> Any:
@@ -290,6 +338,14 @@ class RoutedBalancer:
             ):
                 session.relay.close("idle timeout")
         self._sweeper = loop.call_later(min(timeout / 4, 5.0), self._sweep_idle)
+
+    def control_sockets(self) -> list[socket.socket]:
+        return [
+            sock
+            for server in (self.control_server, self.implicit_server)
+            if server is not None
+            for sock in server.sockets
+        ]
 
     def stop_accepting(self) -> None:
         """No new sessions; data listeners stay for the sessions in progress."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 IAC = 0xFF
@@ -53,12 +54,40 @@ def strip_telnet(line: bytes) -> bytes:
     return bytes(out)
 
 
-def parse_command(line: bytes) -> Command:
-    """A client command line (without CRLF). Never fails: an odd verb is the backend's to refuse."""
+@dataclass(frozen=True)
+class BadCommand:
+    """A client line that is refused before anyone reads it as a command."""
+
+    reply: bytes
+    reason: str
+
+
+_VERB = re.compile(r"[A-Za-z]{1,16}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def parse_command(line: bytes) -> Command | BadCommand:
+    """A client command line (without its LF), or why it is refused.
+
+    A verb is identified as servers do (case-insensitive, trailing whitespace
+    ignored), and a line that still holds a control byte (CR, NUL, TAB, ...)
+    is refused here: a backend that strips what we did not would obey a
+    command we never recognised (`PASV\\r` reached vsftpd as PASV). An odd
+    but clean verb is the backend's to refuse."""
     text = strip_telnet(line).decode("utf-8", "surrogateescape")
     # A Synch sent as urgent data can leave a bare DM byte (0xF2) in front.
-    text = text.lstrip("\x00\udcf2 ")
+    text = text.lstrip("\x00\udcf2 ").rstrip("\r")
     verb, _, arg = text.partition(" ")
+    if _CONTROL.search(text):
+        return BadCommand(
+            reply(500, "Control characters are not allowed in commands."),
+            f"command with a control character refused: {text[:40]!r}",
+        )
+    if not _VERB.fullmatch(verb):
+        return BadCommand(
+            reply(500, "Syntax error, command unrecognized."),
+            f"malformed command refused: {text[:40]!r}",
+        )
     return Command(verb.upper(), arg)
 
 

@@ -21,8 +21,15 @@ from dataclasses import dataclass, field
 
 from ftplb.errors import ProtocolError
 from ftplb.proto import addresses
-from ftplb.proto.ftp import TRANSFER_COMMANDS, UPLOAD_COMMANDS, Command, parse_command, reply
-from ftplb.proto.lines import LineReader, Reply, ReplyReader
+from ftplb.proto.ftp import (
+    TRANSFER_COMMANDS,
+    UPLOAD_COMMANDS,
+    BadCommand,
+    Command,
+    parse_command,
+    reply,
+)
+from ftplb.proto.lines import BadReply, LineReader, LineTooLong, Reply, ReplyReader
 
 # --- commands for the I/O layer ------------------------------------------------
 
@@ -76,20 +83,33 @@ class ListenData:
 
 
 @dataclass(frozen=True)
+class ConnectClientData:
+    """Active mode, step 1: connect to the client's PORT/EPRT target (a new data
+    channel; with `tls` the client's side is TLS, the client its TLS client).
+    Answer with `data_client_connected` once the TCP connection exists, or
+    `data_failed`. The backend hears of the transfer only after that: an upload
+    whose data connection cannot be made must never reach it."""
+
+    target: tuple[str, int]
+    tls: bool = False
+
+
+@dataclass(frozen=True)
 class ConnectBackendData:
-    """Active mode, step 1: connect to the backend's passive address (over TLS
-    with `tls`, resuming the backend control connection's session)."""
+    """Active mode, step 2: connect the same channel to the backend's passive
+    address (over TLS with `tls`, resuming the backend control connection's session)."""
 
     backend: tuple[str, int]
     tls: bool = False
 
 
 @dataclass(frozen=True)
-class ConnectClientData:
-    """Active mode, step 2 (the transfer has begun): connect to the client's PORT/EPRT target."""
+class Redispatch:
+    """The backend never greeted properly: drop its connection (without a word to
+    the client, who has heard nothing from it) and connect another backend, or
+    answer `backend_failed` if none is left. Then `backend_connected` again."""
 
-    target: tuple[str, int]
-    tls: bool = False
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -123,6 +143,7 @@ Cmd = (
     SendClient
     | SendBackend
     | ConnectBackend
+    | Redispatch
     | Close
     | ListenData
     | ConnectBackendData
@@ -146,6 +167,8 @@ class SessionSettings:
     """Greet the client ourselves and pick the backend after USER."""
     login_timeout: float = 60.0
     idle_timeout: float = 600.0
+    greeting_timeout: float = 10.0
+    """Seconds a connected backend has to greet; then another backend is tried."""
     max_line: int = 2048
     greeting: str = "ftplb ready."
     tls: bool = False
@@ -159,6 +182,25 @@ class SessionSettings:
     The session sends AUTH TLS, PBSZ 0 and PROT P itself; the client never sees them."""
 
 
+MAX_IN_FLIGHT = 16
+"""Client commands sent to the backend and not yet answered. More wait in the
+line buffer, and the I/O layer stops reading the client (`wants_client_data`):
+a client that never reads its replies holds kernel buffers, not our memory."""
+
+LINES_PER_EVENT = 64
+"""Client lines handled per event; the I/O layer comes back for the rest on a
+later loop turn (`runnable`), so one busy session cannot starve the others."""
+
+_TLS_VERBS = frozenset({"AUTH", "PBSZ", "PROT", "CCC"})
+_DATA_SETUP = frozenset({"PASV", "EPSV", "PORT", "EPRT"})
+_SCRUBBED = frozenset({211, 220, 221, 421})
+"""Replies that may name the server's own address (ProFTPD's greeting, a STAT
+answer). Others are passed on untouched: a path may look like an address."""
+_PASSIVE_REPLIES = frozenset({227, 228, 229})
+_PASS_ACCEPTED = frozenset({202, 230, 332})
+"""Replies to PASS that are not a failed login (230 in, 202 already in, 332 ACCT next)."""
+
+
 @dataclass
 class _Pending:
     """What to do with the backend's next final reply."""
@@ -167,7 +209,6 @@ class _Pending:
     command: Command | None = None
     purpose: str = ""  # passive: "client" or "active"
     verb: str = ""  # passive: what we sent, EPSV or PASV
-    target: tuple[str, int] | None = None  # an active transfer: where the client listens
 
 
 @dataclass
@@ -192,18 +233,19 @@ class InspectSession:
     _client_lines: LineReader = field(init=False)
     _replies: ReplyReader = field(init=False)
     _pending: deque[_Pending] = field(default_factory=deque)
-    _queue: deque[Command] = field(default_factory=deque)
+    _next: Command | BadCommand | None = None
+    """A client command taken from the line buffer that has to wait its turn."""
     _blocked: str = ""
     _active_target: tuple[str, int] | None = None
     _client_passive_verb: str = ""
-    _held_transfer: tuple[Command, tuple[str, int]] | None = None
+    _active_command: Command | None = None
+    """An active-mode transfer command waiting for our connection to the client."""
     _backend_epsv: bool | None = None
     _epsv_all: bool = False
     _started: float = 0.0
     _last_activity: float = 0.0
+    _greeting_deadline: float = 0.0
     _transfer: _Transfer | None = None
-    _client_connecting: bool = False
-    _held: list[Cmd] = field(default_factory=list)
     _user_line: Command | None = None
     client_tls: bool = False
     prot_private: bool = False
@@ -212,6 +254,7 @@ class InspectSession:
     _pbsz: bool = False
     _greeting_after_tls: Reply | None = None
     _refusal: str = ""
+    _bad_commands: int = 0
 
     def __post_init__(self) -> None:
         self._client_lines = LineReader(self.settings.max_line)
@@ -236,6 +279,7 @@ class InspectSession:
         self.backend_host = host
         self.phase = "greeting"
         self._last_activity = now
+        self._greeting_deadline = now + self.settings.greeting_timeout
         return []
 
     def backend_failed(self, reason: str) -> list[Cmd]:
@@ -254,48 +298,64 @@ class InspectSession:
     def backend_closed(self) -> list[Cmd]:
         if self.phase == "closed":
             return []
+        if self.phase == "greeting":
+            return self._redispatch("backend closed before greeting")
+        return [*self._abandoned_login(), Close("backend closed")]
+
+    def _abandoned_login(self) -> list[Cmd]:
+        """The session ends with a PASS unanswered: a failed login. Backends delay
+        their 530 (a 230 comes at once): a client that hangs up before it, or
+        makes the backend hang up, would otherwise guess for free."""
         self.phase = "closed"
-        return [Close("backend closed")]
+        if any(p.command is not None and p.command.verb == "PASS" for p in self._pending):
+            self.login_failures += 1
+            return [LoginResult(False, self.user)]
+        return []
+
+    def client_closed(self) -> list[Cmd]:
+        """The client went away (see `_abandoned_login`)."""
+        if self.phase == "closed":
+            return []
+        return self._abandoned_login()
 
     def client_data(self, data: bytes, now: float) -> list[Cmd]:
         self._last_activity = now
-        out: list[Cmd] = []
-        try:
-            lines = self._client_lines.feed(data)
-        except ProtocolError as exc:
-            # The over-long line is dropped; the session goes on.
-            out.append(SendClient(f"{exc.reply}\r\n".encode()))
-            out.append(Log(f"client line refused: {exc}"))
-            return out
-        for raw in lines:
-            if not raw.strip():
-                continue
-            self._queue.append(parse_command(raw))
-        out.extend(self._drain_queue(now))
-        return out
+        self._client_lines.feed(data)
+        return self._pump(now)
+
+    def resume(self, now: float) -> list[Cmd]:
+        """Go on with client lines left waiting (see `runnable`)."""
+        return self._pump(now)
+
+    @property
+    def wants_client_data(self) -> bool:
+        """False while client commands wait in the buffer: stop reading the client."""
+        return self._next is None and not self._client_lines.has_line
+
+    @property
+    def runnable(self) -> bool:
+        """Buffered client lines could be handled now (call `resume` soon)."""
+        if self.phase == "closed":
+            return False
+        item = self._peek()
+        return item is not None and self._may_handle(item)
 
     def backend_data(self, data: bytes, now: float) -> list[Cmd]:
         self._last_activity = now
-        try:
-            replies = self._replies.feed(data)
-        except ProtocolError as exc:
-            self.phase = "closed"
-            return [
-                SendClient(reply(421, "Backend sent a malformed reply, closing.")),
-                Close(f"backend protocol error: {exc}"),
-            ]
         out: list[Cmd] = []
-        for r in replies:
-            out.extend(self._queue_behind_held(self._on_reply(r, now)))
-        out.extend(self._drain_queue(now))
+        for r in self._replies.feed(data):
+            if isinstance(r, BadReply):
+                self.phase = "closed"
+                out += [
+                    SendClient(reply(421, "Backend sent a malformed reply, closing.")),
+                    Close(f"backend protocol error: {r}"),
+                ]
+                return out
+            out.extend(self._on_reply(r, now))
+            if self.phase == "closed":
+                return out
+        out.extend(self._pump(now))
         return out
-
-    def _queue_behind_held(self, cmds: list[Cmd]) -> list[Cmd]:
-        """While a transfer's final reply is held, later replies wait behind it."""
-        if not self._held:
-            return cmds
-        self._held.extend(c for c in cmds if isinstance(c, SendClient))
-        return [c for c in cmds if not isinstance(c, SendClient)]
 
     def data_listening(self, port: int) -> list[Cmd]:
         """Our listener for the client's passive connection is open on `port`."""
@@ -305,12 +365,12 @@ class InspectSession:
             answer = addresses.format_epsv_reply(port)
         self._unblock()
         # Commands the client sent meanwhile go out after our answer.
-        return [SendClient(answer), *self._drain_queue(self._last_activity)]
+        return [SendClient(answer), *self._pump(self._last_activity)]
 
     def data_listen_failed(self) -> list[Cmd]:
         self._unblock()
         failed = SendClient(reply(425, "Cannot open a passive data port, try again."))
-        return [failed, *self._drain_queue(self._last_activity)]
+        return [failed, *self._pump(self._last_activity)]
 
     def data_refused(self, reason: str) -> list[Cmd]:
         """The client's data connection was refused (a TLS session not resumed, say).
@@ -319,16 +379,33 @@ class InspectSession:
         self._refusal = reason
         return []
 
+    def data_client_connected(self, now: float) -> list[Cmd]:
+        """Active mode: our connection to the client exists; now the backend may
+        hear of the transfer."""
+        if self._blocked != "client_data" or self._active_command is None:
+            return []
+        self._last_activity = now
+        return self._ask_backend_passive("active")
+
     def data_opened(self, now: float) -> list[Cmd]:
         self.data_open += 1
-        self._client_connecting = False
         self._last_activity = now
-        return self._release()
+        return []
 
     def data_failed(self) -> list[Cmd]:
         """A data channel ended without ever joining its two sides."""
-        self._client_connecting = False
-        return self._release()
+        if self._blocked == "client_data":
+            # Active mode: the client cannot be reached. The backend never saw
+            # the command, so nothing was started (or truncated) there.
+            self._active_command = None
+            self._transfer = None
+            self._unblock()
+            return [
+                SendClient(reply(425, "Cannot open data connection.")),
+                Log("active-mode data connection to the client failed"),
+                *self._pump(self._last_activity),
+            ]
+        return []
 
     def data_closed(self, bytes_up: int, bytes_down: int, now: float) -> list[Cmd]:
         """A data channel ended: `bytes_up` client->backend, `bytes_down` backend->client."""
@@ -345,17 +422,12 @@ class InspectSession:
             out.append(Transferred(direction, t.command.verb, t.command.arg, size, now - t.started))
         return out
 
-    def _release(self) -> list[Cmd]:
-        """The client's data connection exists (or never will): the final reply may go."""
-        if self._client_connecting:
-            return []
-        held, self._held = self._held, []
-        return held
-
     def tick(self, now: float) -> list[Cmd]:
         if self.phase == "closed":
             return []
         s = self.settings
+        if self.phase == "greeting" and now >= self._greeting_deadline:
+            return self._redispatch(f"no greeting within {s.greeting_timeout:g}s")
         if not self.logged_in and now - self._started >= s.login_timeout:
             self.phase = "closed"
             return [SendClient(reply(421, "Login timeout, closing.")), Close("login timeout")]
@@ -366,17 +438,63 @@ class InspectSession:
 
     def next_deadline(self) -> float:
         s = self.settings
-        idle = self._last_activity + s.idle_timeout
+        deadline = self._last_activity + s.idle_timeout
         if not self.logged_in:
-            return min(idle, self._started + s.login_timeout)
-        return idle
+            deadline = min(deadline, self._started + s.login_timeout)
+        if self.phase == "greeting":
+            deadline = min(deadline, self._greeting_deadline)
+        return deadline
 
     # --- client commands -------------------------------------------------------
 
-    def _drain_queue(self, now: float) -> list[Cmd]:
+    def _peek(self) -> Command | BadCommand | None:
+        """The next client command, parsed once and kept until it is handled."""
+        while self._next is None:
+            raw = self._client_lines.next()
+            if raw is None:
+                return None
+            if isinstance(raw, LineTooLong):
+                self._next = BadCommand(raw.reply, f"client line refused: {raw}")
+            elif raw.strip():
+                self._next = parse_command(raw)
+        return self._next
+
+    def _may_handle(self, item: Command | BadCommand) -> bool:
+        if self._blocked:
+            return False
+        if self._answered_here(item):
+            # Our own answer must not overtake the backend's to earlier commands.
+            return not self._pending
+        in_flight = sum(1 for p in self._pending if p.kind == "forward")
+        return in_flight < MAX_IN_FLIGHT
+
+    def _answered_here(self, item: Command | BadCommand) -> bool:
+        """Commands the balancer answers (or that reset the data channel)."""
+        if isinstance(item, BadCommand):
+            return True
+        verb = item.verb
+        if verb in _TLS_VERBS or verb in _DATA_SETUP or self.phase != "ready":
+            return True
+        if verb in ("USER", "PASS") and self.settings.tls_required and not self.client_tls:
+            return True
+        return verb in TRANSFER_COMMANDS and self._active_target is not None
+
+    def _pump(self, now: float) -> list[Cmd]:
         out: list[Cmd] = []
-        while self._queue and not self._blocked and self.phase != "closed":
-            out.extend(self._on_command(self._queue.popleft(), now))
+        for _ in range(LINES_PER_EVENT):
+            if self.phase == "closed":
+                break
+            item = self._peek()
+            if item is None or not self._may_handle(item):
+                break
+            self._next = None
+            if isinstance(item, BadCommand):
+                out.append(SendClient(item.reply))
+                self._bad_commands += 1
+                if self._bad_commands <= 3:  # a flood of them is not a flood of log lines
+                    out.append(Log(item.reason))
+            else:
+                out.extend(self._on_command(item, now))
         return out
 
     def _on_command(self, cmd: Command, now: float) -> list[Cmd]:
@@ -384,7 +502,7 @@ class InspectSession:
         if verb == "QUIT" and self.phase in ("await_user", "new"):
             self.phase = "closed"
             return [SendClient(reply(221, "Goodbye.")), Close("client quit")]
-        if verb in ("AUTH", "PBSZ", "PROT", "CCC"):
+        if verb in _TLS_VERBS:
             return self._tls_command(cmd)
         if verb in ("USER", "PASS") and self.settings.tls_required and not self.client_tls:
             return [SendClient(reply(530, "TLS required: send AUTH TLS first."))]
@@ -399,11 +517,13 @@ class InspectSession:
         if verb in TRANSFER_COMMANDS:
             self._transfer = _Transfer(cmd, now)
             if self._active_target is not None:
-                # Active for the client, passive toward the backend. A PORT
-                # serves one transfer: the client sends a new one for the next.
-                self._held_transfer = (cmd, self._active_target)
-                self._active_target = None
-                return self._ask_backend_passive("active")
+                # Active for the client, passive toward the backend. The client
+                # first: if it cannot be reached the backend never hears of the
+                # transfer. A PORT serves one transfer.
+                target, self._active_target = self._active_target, None
+                self._active_command = cmd
+                self._blocked = "client_data"
+                return [ConnectClientData(target, self.prot_private)]
         return self._forward(cmd)
 
     def _forward(self, cmd: Command) -> list[Cmd]:
@@ -421,6 +541,12 @@ class InspectSession:
                 return [SendClient(reply(503, "Already using TLS."))]
             self.client_tls = True
             out: list[Cmd] = [SendClient(reply(234, "AUTH TLS successful.")), StartClientTLS()]
+            # What the client sent after AUTH in the clear is not read as if it came
+            # over TLS (the STARTTLS command injection of CVE-2011-0411).
+            dropped = self._client_lines.buffered
+            self._client_lines = LineReader(self.settings.max_line)
+            if dropped:
+                out.append(Log(f"{dropped} bytes sent after AUTH TLS in the clear dropped"))
             if self.phase == "ready" and self._wants_backend_tls():
                 # match: the client went TLS after the backend greeted; so does the backend.
                 out.extend(self._upgrade_backend(None))
@@ -505,22 +631,25 @@ class InspectSession:
 
     # --- backend replies -------------------------------------------------------
 
+    def _redispatch(self, reason: str) -> list[Cmd]:
+        """Forget this backend before it said anything the client heard."""
+        self.phase = "connecting"
+        self._blocked = "backend"
+        self._replies = ReplyReader(self.settings.max_line)
+        self._pending = deque([_Pending("greeting")])
+        self.backend_name = self.backend_host = ""
+        return [Redispatch(reason)]
+
     def _on_reply(self, r: Reply, now: float) -> list[Cmd]:
         pending = self._pending[0] if self._pending else None
         if r.code < 200:
             # Preliminary: the command's final reply is still to come.
-            out: list[Cmd] = []
             if pending is not None and pending.kind != "forward":
-                return out  # "120 ready in N minutes": wait for the final reply
-            if pending is not None and pending.target is not None:
-                out.append(ConnectClientData(pending.target, self.prot_private))
-                pending.target = None
-                self._client_connecting = True
-            out.append(SendClient(self._scrub(r)))
-            return out
+                return []  # "120 ready in N minutes": wait for the final reply
+            return [SendClient(self._for_client(r))]
         if pending is None:
             # Unsolicited (a 421 before closing, say): pass it on.
-            return [SendClient(self._scrub(r))]
+            return [SendClient(self._for_client(r))]
         self._pending.popleft()
         if pending.kind == "greeting":
             return self._on_greeting(r)
@@ -528,8 +657,16 @@ class InspectSession:
             return self._on_backend_passive(pending, r)
         if pending.kind.startswith("backend_"):
             return self._on_backend_tls_reply(pending, r)
-        out = [SendClient(self._scrub(r))]
         cmd = pending.command
+        if r.code in _PASSIVE_REPLIES:
+            # Only our own PASV/EPSV may get one; the client's never reach the
+            # backend. A backend that obeyed something else must not leak its port.
+            verb = cmd.verb if cmd is not None else "?"
+            return [
+                SendClient(reply(502, "Command not implemented.")),
+                Log(f"backend answered {verb} with {r.code}: withheld from the client"),
+            ]
+        out: list[Cmd] = [SendClient(self._for_client(r))]
         if cmd is not None and cmd.verb in TRANSFER_COMMANDS and self._refusal:
             out = [SendClient(reply(522, self._refusal)), CloseData()]
             self._refusal = ""
@@ -537,21 +674,11 @@ class InspectSession:
             return out
         if cmd is not None:
             out.extend(self._after_reply(cmd, r))
-            if cmd.verb in TRANSFER_COMMANDS and self._client_connecting:
-                # Active mode: a fast backend can finish (226) before our connection
-                # to the client exists; a client then sees the end of a transfer
-                # whose data connection never came. It hears it once we are connected.
-                self._held.extend(out)
-                return []
         return out
 
     def _on_greeting(self, r: Reply) -> list[Cmd]:
         if r.code != 220:
-            self.phase = "closed"
-            return [
-                SendClient(reply(421, "Service not available")),
-                Close(f"backend greeted with {r.code}"),
-            ]
+            return self._redispatch(f"backend greeted with {r.code}")
         self.phase = "ready"
         if self._wants_backend_tls():
             # The client hears the greeting (or its USER goes on) once the backend is TLS.
@@ -593,13 +720,15 @@ class InspectSession:
             # Balancing by user: the client has our greeting already; replay USER.
             cmd, self._user_line = self._user_line, None
             return self._forward(cmd)
-        return [SendClient(self._scrub(r))]
+        return [SendClient(self._for_client(r))]
 
     def _after_reply(self, cmd: Command, r: Reply) -> list[Cmd]:
         if cmd.verb in ("PASS", "USER") and r.code == 230 and not self.logged_in:
             self.logged_in = True
             return [LoginResult(True, self.user)]
-        if cmd.verb == "PASS" and r.code == 530:
+        if cmd.verb == "PASS" and r.code not in _PASS_ACCEPTED and not self.logged_in:
+            # Whatever else answers it is a failure: a server that answers a
+            # pipelined QUIT before the 530 it delays (pyftpdlib) is no way out.
             self.login_failures += 1
             return [LoginResult(False, self.user)]
         if cmd.verb in TRANSFER_COMMANDS and r.code >= 400 and self.data_open == 0:
@@ -626,9 +755,9 @@ class InspectSession:
             self._unblock()
             fail = [Log(f"backend passive mode failed: {exc}")]
             if pending.purpose == "active":
-                self._held_transfer = None
+                self._active_command = None
                 self._transfer = None
-                return [*fail, SendClient(reply(425, "Cannot open data connection."))]
+                return [*fail, CloseData(), SendClient(reply(425, "Cannot open data connection."))]
             return [*fail, SendClient(reply(425, "Cannot open passive connection."))]
         if pending.verb == "EPSV":
             self._backend_epsv = True
@@ -637,18 +766,23 @@ class InspectSession:
             # Stay blocked until the listener is open (data_listening).
             client_ip = self.settings.client[0]
             return [ListenData(backend, client_ip, self.prot_private, self.backend_tls)]
-        held, self._held_transfer = self._held_transfer, None
+        cmd, self._active_command = self._active_command, None
         self._unblock()
-        assert held is not None
-        cmd, target = held
-        self._pending.append(_Pending("forward", cmd, target=target))
+        assert cmd is not None
+        self._pending.append(_Pending("forward", cmd))
         return [ConnectBackendData(backend, self.backend_tls), SendBackend(cmd.line())]
 
-    def _scrub(self, r: Reply) -> bytes:
-        """The reply as the client gets it: no backend address in it."""
+    def _for_client(self, r: Reply) -> bytes:
+        """The reply as the client gets it: no backend address in the replies that
+        may carry one (in dotted and in PASV's comma form)."""
         text = "\r\n".join(r.lines) + "\r\n"
         host = self.backend_host
-        if host and host in text:
+        if host and r.code in _SCRUBBED:
+            public = self.settings.public_address
             pattern = rf"(?<![\d.:]){re.escape(host)}(?![\d])"
-            text = re.sub(pattern, self.settings.public_address, text)
+            text = re.sub(pattern, public, text)
+            if "." in host and "." in public:
+                commas = host.replace(".", ",")
+                pattern = rf"(?<![\d,]){re.escape(commas)}(?=,\d)"
+                text = re.sub(pattern, public.replace(".", ","), text)
         return text.encode("utf-8", "surrogateescape")

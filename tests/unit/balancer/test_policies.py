@@ -91,19 +91,3 @@ def test_health_tracker_first_result_then_hysteresis() -> None:
     assert not t.record(True)  # a success resets the streak
     assert not t.record(False) and not t.record(False)
     assert t.record(False) and t.up is False
-
-
-def test_login_guard_window_ban_and_prune() -> None:
-    from ftplb.balancer.guard import LoginGuard
-
-    g = LoginGuard(max_failures=3, window=60, ban_time=100)
-    assert not g.failed("a", 0) and not g.failed("a", 50)
-    assert not g.failed("a", 70)  # the first failure left the window
-    assert g.failed("a", 75)  # three within 60 s: banned
-    assert g.banned("a", 100) and not g.banned("b", 100)
-    assert g.banned_count(100) == 1
-    assert not g.banned("a", 175)  # ban over
-    g.failed("c", 200)
-    g.prune(300)
-    assert g.banned_count(300) == 0 and not g._failures
-    assert not LoginGuard(0, 60, 100).failed("x", 0)  # 0: banning off

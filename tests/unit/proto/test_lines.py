@@ -1,33 +1,54 @@
-"""Bounded line reading and FTP reply assembly."""
+"""Bounded line reading and FTP reply assembly: results and errors as values."""
 
 from __future__ import annotations
 
 import pytest
 
-from ftplb.errors import ProtocolError
-from ftplb.proto.lines import LineReader, Reply, ReplyReader
+from ftplb.proto.lines import BadReply, LineReader, LineTooLong, Reply, ReplyReader
+
+
+def lines(r: LineReader, data: bytes) -> list[bytes | LineTooLong]:
+    r.feed(data)
+    return r.lines()
 
 
 def test_lines_across_chunks() -> None:
     r = LineReader()
-    assert r.feed(b"USER al") == []
-    assert r.feed(b"ice\r\nPASS x\r\nNO") == [b"USER alice", b"PASS x"]
-    assert r.feed(b"OP\n") == [b"NOOP"]
+    assert lines(r, b"USER al") == []
+    assert lines(r, b"ice\r\nPASS x\r\nNO") == [b"USER alice", b"PASS x"]
+    assert lines(r, b"OP\n") == [b"NOOP"]
 
 
-def test_over_long_line_raises_500_and_reading_goes_on() -> None:
+def test_lines_are_taken_one_at_a_time() -> None:
+    r = LineReader()
+    r.feed(b"A\r\nB\r\n")
+    assert r.has_line and r.next() == b"A"
+    assert r.has_line and r.next() == b"B"
+    assert not r.has_line and r.next() is None
+
+
+def test_over_long_line_is_reported_once_and_dropped_to_its_line_feed() -> None:
     r = LineReader(max_line=10)
-    with pytest.raises(ProtocolError) as info:
-        r.feed(b"X" * 11)
-    assert info.value.reply.startswith("500 ")
-    assert r.feed(b"NOOP\r\n") == [b"NOOP"]
+    assert lines(r, b"X" * 11) == [LineTooLong(10)]
+    assert r.buffered == 0
+    # The rest of that line, whatever its content, is never a line of its own.
+    assert lines(r, b"HELP SITE") == []
+    assert lines(r, b"\r\nNOOP\r\n") == [b"NOOP"]
 
 
-def test_over_long_line_in_one_chunk_is_dropped() -> None:
+def test_over_long_line_in_one_chunk_keeps_its_neighbours() -> None:
     r = LineReader(max_line=10)
-    with pytest.raises(ProtocolError):
-        r.feed(b"Y" * 30 + b"\r\n")
-    assert r.feed(b"QUIT\r\n") == [b"QUIT"]
+    assert lines(r, b"NOOP\r\n" + b"Y" * 30 + b"\r\nQUIT\r\n") == [
+        b"NOOP",
+        LineTooLong(10),
+        b"QUIT",
+    ]
+
+
+def test_a_line_of_exactly_the_limit_is_fine() -> None:
+    r = LineReader(max_line=10)
+    assert lines(r, b"Z" * 10 + b"\r") == []
+    assert lines(r, b"\n") == [b"Z" * 10]
 
 
 def test_single_and_multi_line_replies() -> None:
@@ -40,12 +61,20 @@ def test_single_and_multi_line_replies() -> None:
 
 
 @pytest.mark.parametrize("bad", [b"hello\r\n", b"22 short\r\n", b"220x\r\n", b"620 no\r\n"])
-def test_malformed_reply(bad: bytes) -> None:
-    with pytest.raises(ProtocolError):
-        ReplyReader().feed(bad)
+def test_malformed_reply_comes_after_the_good_ones(bad: bytes) -> None:
+    r = ReplyReader()
+    out = r.feed(b"200 fine\r\n" + bad + b"200 never read\r\n")
+    assert out[0] == Reply(200, ("200 fine",))
+    assert len(out) == 2 and isinstance(out[1], BadReply)
+    assert r.feed(b"200 later\r\n") == []  # out of step for good
 
 
 def test_reply_line_count_is_bounded() -> None:
     r = ReplyReader(max_lines=5)
-    with pytest.raises(ProtocolError):
-        r.feed(b"220-a\r\n" + b" more\r\n" * 10)
+    out = r.feed(b"220-a\r\n" + b" more\r\n" * 10)
+    assert out == [BadReply("reply longer than 5 lines")]
+
+
+def test_over_long_reply_line() -> None:
+    r = ReplyReader(max_line=10)
+    assert r.feed(b"220 " + b"x" * 20 + b"\r\n") == [BadReply("reply line longer than 10 bytes")]
