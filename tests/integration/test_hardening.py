@@ -177,6 +177,39 @@ def test_an_upload_cut_by_a_reset_is_never_reported_complete(
         assert ftp.voidcmd("NOOP").startswith("200")
 
 
+@pytest.mark.parametrize("mode", ["passive", "active"])
+def test_a_tls_upload_whose_data_handshake_fails_is_never_reported_complete(
+    cluster: Cluster, mode: str
+) -> None:
+    plain_backend(cluster)
+    cert, key = make_cert(cluster.workdir)
+    tls = {"cert": str(cert), "key": str(key), "handshake_timeout": 2.0}
+    cluster.start_balancer(mode="inspect", send_proxy="off", sections={"tls": tls})
+    with ReusingFTP_TLS(context=tls_context(), timeout=10, source_address=("127.0.0.11", 0)) as ftp:
+        ftp.connect(BALANCER_HOST, cluster.balancer_port)
+        ftp.login(USER, PASSWORD)
+        ftp.prot_p()
+        ftp.voidcmd("TYPE I")
+        if mode == "passive":
+            host, port = ftp.makepasv()
+            ftp.putcmd("STOR victim.txt")
+            conn = socket.create_connection((host, port), 10, ("127.0.0.11", 0))
+            assert ftp.getresp().startswith("150")
+        else:
+            with socket.create_server(("127.0.0.11", 0)) as listener:
+                port = listener.getsockname()[1]
+                ftp.sendcmd(f"PORT 127,0,0,11,{port >> 8},{port & 0xFF}")
+                ftp.putcmd("STOR victim.txt")
+                listener.settimeout(10)
+                conn, _ = listener.accept()
+            assert ftp.getresp().startswith("150")
+        # Not a TLS hello: the handshake fails, and so must the transfer.
+        reset_after(conn, b"this is not TLS\r\n" * 100)
+        with pytest.raises(ftplib.error_temp, match=r"^4"):
+            ftp.voidresp()
+        assert ftp.voidcmd("NOOP").startswith("200")
+
+
 def test_a_routed_upload_cut_by_a_reset_is_never_reported_complete(cluster: Cluster) -> None:
     b = cluster.add_backend()
     cluster.start_balancer(backend_options={b.name: {"send_proxy_data": True}})

@@ -148,18 +148,35 @@ class ProxyProtocolPassiveDTP(PassiveDTP):  # type: ignore[misc]
     def handle_accepted(self, sock: socket.socket, addr: tuple[str, int]) -> None:
         cmd = self.cmd_channel
         if not getattr(cmd, "proxy_protocol", False):
-            super().handle_accepted(sock, addr)
+            self.accept_from(sock, addr)
             return
         if not is_trusted(addr[0], cmd.trusted_proxies):
             # Straight from the client (a kernel DNAT in front of us, say):
             # pyftpdlib's own check compares it with the session's client.
-            super().handle_accepted(sock, addr)
+            self.accept_from(sock, addr)
             return
         _HeaderWaiter(sock, addr, self, cmd.proxy_header_timeout)
 
     def accept_from(self, sock: socket.socket, addr: tuple[str, int]) -> None:
         """pyftpdlib's own acceptance, foreign-address check included, for `addr`."""
         super().handle_accepted(sock, addr)
+        self._fail_if_dead_on_arrival()
+
+    def _fail_if_dead_on_arrival(self) -> None:
+        """pyftpdlib drops a data connection that was reset before it was set up
+        without a word, after closing its listener: the transfer command waiting
+        for it would wait until the session's idle timeout. Fail it now."""
+        cmd = self.cmd_channel
+        if not cmd.connected or cmd.data_channel is not None:
+            return
+        incoming, outgoing = cmd._in_dtp_queue, cmd._out_dtp_queue
+        if incoming is None and outgoing is None:
+            return
+        cmd._in_dtp_queue = cmd._out_dtp_queue = None
+        file = incoming[0] if incoming is not None else outgoing[2]
+        if file is not None and not file.closed:
+            file.close()
+        cmd.respond("425 The data connection was reset before the transfer began.")
 
 
 class ProxyProtocolFTPHandler(FTPHandler):  # type: ignore[misc]

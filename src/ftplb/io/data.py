@@ -19,7 +19,14 @@ from typing import Any, cast
 
 from ftplb.config import PortRange
 from ftplb.io import splice
-from ftplb.io.relay import Relay, client_addresses, peer_address, reset
+from ftplb.io.relay import (
+    Relay,
+    armed_socket,
+    client_addresses,
+    disarm,
+    peer_address,
+    reset,
+)
 from ftplb.proto import proxy_protocol
 from ftplb.proto.addresses import same_host
 
@@ -156,6 +163,8 @@ class DataChannel:
         self._timer: asyncio.TimerHandle | None = None
         self._opened = False
         self._refused: set[Relay] = set()
+        self._armed: list[socket.socket] = []
+        """Sockets we connected that reset when closed, until the join (`armed_socket`)."""
         self.loop = asyncio.get_running_loop()
 
     # -- passive: the client connects to us
@@ -353,15 +362,46 @@ class DataChannel:
         local: tuple[str, int] | None,
         on_connected: Callable[[], None] | None = None,
     ) -> None:
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                await self.loop.create_connection(factory, address[0], address[1], local_addr=local)
-        except (OSError, TimeoutError) as exc:
-            self._connect_failed(address, exc)
+        sock = await self._connect_armed(address, local)
+        if sock is None:
             return
+        try:
+            await self.loop.create_connection(factory, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
         if on_connected is not None and not self.closed:
             on_connected()
         self._maybe_start()
+
+    async def _connect_armed(
+        self, address: tuple[str, int], local: tuple[str, int] | None
+    ) -> socket.socket | None:
+        """A connected socket that resets if it is dropped before the join (None
+        if the connect failed, which closes the channel)."""
+        try:
+            sock = armed_socket(address, local)
+        except OSError as exc:
+            self._connect_failed(address, exc)
+            return None
+        connecting = asyncio.ensure_future(
+            asyncio.wait_for(self.loop.sock_connect(sock, address), self.connect_timeout)
+        )
+        try:
+            await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            # The channel was dropped meanwhile (the other side failed): let the
+            # connect finish, so that the peer sees a reset rather than nothing
+            # (a backend would otherwise wait for this connection until its
+            # own timeout before failing the transfer).
+            connecting.add_done_callback(lambda done: _close_after(done, sock))
+            raise
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            self._connect_failed(address, exc)
+            return None
+        self._armed.append(sock)
+        return sock
 
     async def _connect_tls_client(
         self,
@@ -374,17 +414,8 @@ class DataChannel:
         Connect a plain socket, then treat it as an accepted one: the handshake
         completes before the endpoint sees a byte."""
         loop = self.loop
-        sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
-        try:
-            sock.setblocking(False)
-            sock.bind(local)
-            async with asyncio.timeout(self.connect_timeout):
-                await loop.sock_connect(sock, address)
-        except BaseException as exc:
-            sock.close()
-            if not isinstance(exc, (OSError, TimeoutError)):
-                raise
-            self._connect_failed(address, exc)
+        sock = await self._connect_armed(address, local)
+        if sock is None:
             return
         if not self.closed:
             on_connected()
@@ -396,8 +427,7 @@ class DataChannel:
                 ssl_handshake_timeout=self.handshake_timeout,
             )
         except BaseException as exc:
-            reset(sock)
-            sock.close()
+            sock.close()  # armed: a reset
             if not isinstance(exc, (OSError, TimeoutError, ssl.SSLError)):
                 raise
             self._connect_failed(address, exc)
@@ -418,12 +448,10 @@ class DataChannel:
         """Connect, send the PROXY header in the clear, then a TLS handshake that
         resumes the backend control session; the endpoint sees only plaintext."""
         loop = self.loop
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = await self._connect_armed(address, None)
+        if sock is None:
+            return
         try:
-            sock.setblocking(False)
-            async with asyncio.timeout(self.connect_timeout):
-                await loop.sock_connect(sock, address)
             header = self._proxy_header()
             if header:
                 await loop.sock_sendall(sock, header)
@@ -473,6 +501,9 @@ class DataChannel:
         if relay is None or self.closed or self._opened or not relay.connected:
             return
         self._opened = True
+        for sock in self._armed:
+            disarm(sock)
+        self._armed.clear()
         # Plain on both sides: past SPLICE_AFTER the kernel moves the bytes
         # (io/splice.py). Never with TLS on either side.
         plain = self.tls is None and self.backend_tls is None
@@ -513,3 +544,10 @@ class DataChannel:
             task.cancel()
         if self.relay is not None:
             self.relay.close("data channel closed", abort=True)
+
+
+def _close_after(connect: asyncio.Future[None], sock: socket.socket) -> None:
+    """A connect nobody waits for any more ended: close (armed: a reset)."""
+    if not connect.cancelled():
+        connect.exception()  # retrieved: a failure here is no news to anyone
+    sock.close()

@@ -387,6 +387,29 @@ def reset(connection: asyncio.BaseTransport | socket.socket) -> None:
     cast(asyncio.Transport, connection).abort()
 
 
+def armed_socket(address: tuple[str, int], local: tuple[str, int] | None) -> socket.socket:
+    """A socket to connect to `address` that resets when closed (SO_LINGER 0)
+    until `disarm`: a data connection dropped before it was joined (the other
+    side failed, a handshake broke) must not look like an empty, finished
+    transfer to the peer. Non-blocking, bound to `local` if given."""
+    sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if local is not None:
+            sock.bind(local)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def disarm(sock: socket.socket) -> None:
+    """From now on a close is an orderly one (FIN after the data)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 0, 0))
+
+
 def peer_address(transport: asyncio.BaseTransport) -> tuple[str, int]:
     """The remote address of a connection, IPv4-mapped IPv6 unmapped."""
     return _unmap(transport.get_extra_info("peername"))

@@ -132,7 +132,9 @@ class Session:
             backend, port = other, 0
             preamble = self.balancer.control_preamble(self, other)
         if self.relay.client.closed:
-            self.relay.close("client closed")
+            # Gone before we reached the backend: by a reset (a FIN keeps the
+            # endpoint open until `start`), so the backend is reset too.
+            self.relay.close("client closed", abort=True)
             return
         if self.kind == "control":
             enable_keepalive(self.relay.backend.transport)  # type: ignore[arg-type]
