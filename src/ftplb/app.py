@@ -10,13 +10,15 @@ import gc
 import logging
 import resource
 import signal
-import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
+from ftplb.admin.server import AdminServer
+from ftplb.admin.source import LocalSource, Running
 from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config, load_config
 from ftplb.errors import ConfigError
+from ftplb.io import splice
 from ftplb.io.health import HealthChecker
 from ftplb.io.inspect import InspectBalancer
 from ftplb.io.kernel import KernelDataPathError
@@ -63,10 +65,11 @@ class Runtime:
         self.pool = Pool(config.backends, config.balancer.balance, counts)
         self.health = HealthChecker(config, self.pool, shared)
         self.balancer: RoutedBalancer | InspectBalancer
+        # FTPLB_SPLICE is read here, once (io/splice.py).
         if config.balancer.mode == "inspect":
-            self.balancer = InspectBalancer(config, self.pool, shared)
+            self.balancer = InspectBalancer(config, self.pool, shared, splice.enabled())
         else:
-            self.balancer = RoutedBalancer(config, self.pool, shared)
+            self.balancer = RoutedBalancer(config, self.pool, shared, splice.enabled())
         self.overflows = OverflowWatch(self.balancer.control_sockets)
         # The kernel's counter is the namespace's: one worker reports it.
         self._watch_overflows = shared is None or shared.worker == 0
@@ -85,6 +88,9 @@ class Runtime:
         self.health.start()
         if self._watch_overflows:
             self.overflows.start()
+
+    def stop_soon(self) -> None:
+        self.stopping.set()
 
     # -- operator actions (signals and the admin API)
 
@@ -222,11 +228,11 @@ async def serve(
     config: Config,
     started: Callable[[], None] | None = None,
     shared: Shared | None = None,
-    supervisor: socket.socket | None = None,
+    attach: Callable[[Running], Awaitable[None]] | None = None,
 ) -> int:
     """Run the balancer until SIGINT/SIGTERM. Returns the exit code. As one of
-    several workers (ftplb/workers.py): `shared` state, and the `supervisor`
-    channel instead of an admin server and SIGHUP."""
+    several workers (ftplb/workers.py): `shared` state, and `attach` (the
+    supervisor's channel) instead of an admin server and SIGHUP."""
     runtime = Runtime(config, shared)
     try:
         await runtime.start()
@@ -238,14 +244,9 @@ async def serve(
         return 2
     admin = None
     tasks: set[asyncio.Task[None]] = set()
-    if supervisor is not None:
-        from ftplb.workers import answer_supervisor
-
-        tasks.add(asyncio.ensure_future(answer_supervisor(supervisor, runtime)))
+    if attach is not None:
+        tasks.add(asyncio.ensure_future(attach(runtime)))
     elif config.admin.listen is not None:
-        from ftplb.admin.server import AdminServer
-        from ftplb.admin.source import LocalSource
-
         admin = AdminServer(LocalSource(runtime))
         try:
             await admin.start()
@@ -264,7 +265,7 @@ async def serve(
         task.add_done_callback(reloads.discard)
 
     up = sum(b.up for b in runtime.pool.backends)
-    if supervisor is None:
+    if attach is None:
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         log.info("ready: %d of %d backends up", up, len(runtime.pool.backends))
     # What exists now (modules, config, listeners) lives as long as the process:

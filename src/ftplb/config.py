@@ -235,6 +235,14 @@ class Config:
         """The PROXY protocol version sent to `backend` on its control connection."""
         return backend.send_proxy if backend.send_proxy is not None else self.balancer.send_proxy
 
+    def data_proxy_version(self, backend: BackendConfig) -> str:
+        """The PROXY version on `backend`'s data connections: "off" without
+        send_proxy_data, else the control connection's, or v1 when that is off."""
+        if not backend.send_proxy_data:
+            return "off"
+        version = self.proxy_version(backend)
+        return version if version != "off" else "v1"
+
 
 # --- parsing helpers ---------------------------------------------------------
 

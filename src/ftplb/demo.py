@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from ftplb.app import install_uvloop, raise_file_limit, serve
-from ftplb.cli import setup_logging
 from ftplb.config import load_config
+from ftplb.logs import setup_logging
 
 LISTEN = ("127.0.0.1", 2121)
 USER, PASSWORD = "demo", "demo"

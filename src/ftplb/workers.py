@@ -25,15 +25,18 @@ import logging
 import os
 import signal
 import socket
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
-from ftplb.admin.source import LocalSource, Snapshot, merge, snapshot_of
+from ftplb.admin.server import AdminServer
+from ftplb.admin.source import LocalSource, Running, Snapshot, merge, snapshot_of
 from ftplb.config import Config, HostPort, load_config
 from ftplb.errors import ConfigError
+from ftplb.logs import tag_worker
 from ftplb.shared import Shared
 
-if TYPE_CHECKING:
-    from ftplb.app import Runtime
+Serve = Callable[..., Coroutine[Any, Any, int]]
+"""app.serve: what a worker runs (`serve(config, shared=..., attach=...)`)."""
 
 log = logging.getLogger("ftplb")
 
@@ -41,7 +44,16 @@ log = logging.getLogger("ftplb")
 # -- in a worker ------------------------------------------------------------------
 
 
-async def answer_supervisor(sock: socket.socket, runtime: Runtime) -> None:
+def supervised(sock: socket.socket) -> Callable[[Running], Awaitable[None]]:
+    """What a worker's balancer attaches instead of an admin API: the channel."""
+
+    async def attach(runtime: Running) -> None:
+        await answer_supervisor(sock, runtime)
+
+    return attach
+
+
+async def answer_supervisor(sock: socket.socket, runtime: Running) -> None:
     """Answer the supervisor's questions until it goes away, then stop."""
     reader, writer = await asyncio.open_connection(sock=sock)
     local = LocalSource(runtime)
@@ -54,10 +66,10 @@ async def answer_supervisor(sock: socket.socket, runtime: Runtime) -> None:
         log.error("worker: supervisor channel failed: %s", exc)
     finally:
         writer.close()
-        runtime.stopping.set()  # no supervisor: nobody would stop us
+        runtime.stop_soon()  # no supervisor: nobody would stop us
 
 
-async def _answer(local: LocalSource, runtime: Runtime, request: dict[str, Any]) -> Any:
+async def _answer(local: LocalSource, runtime: Running, request: dict[str, Any]) -> Any:
     op = request.get("op")
     if op == "state":
         return snapshot_of(runtime)
@@ -185,11 +197,9 @@ def _ports_free(config: Config) -> str:
     return ""
 
 
-def run(config: Config) -> int:
-    """Fork the workers, then supervise them. Returns the exit code."""
-    from ftplb.app import serve
-    from ftplb.cli import tag_worker
-
+def run(config: Config, serve: Serve) -> int:
+    """Fork the workers, each running `serve` (app.serve), then supervise them.
+    Returns the exit code."""
     busy = _ports_free(config)
     if busy:
         log.error("cannot listen: %s", busy)
@@ -209,7 +219,7 @@ def run(config: Config) -> int:
                 shared.set_worker(index)
                 tag_worker(index)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads come from the supervisor
-                code = asyncio.run(serve(config, shared=shared, supervisor=theirs))
+                code = asyncio.run(serve(config, shared=shared, attach=supervised(theirs)))
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:
@@ -236,8 +246,6 @@ async def supervise(config: Config, workers: list[Worker]) -> int:
         return max(codes) if codes else 1
     admin = None
     if config.admin.listen is not None:
-        from ftplb.admin.server import AdminServer
-
         admin = AdminServer(source)
         try:
             await admin.start()

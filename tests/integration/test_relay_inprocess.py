@@ -30,7 +30,9 @@ def run(coro: Coroutine[Any, Any, None], loop: str) -> None:
         runner.run(coro)
 
 
-async def run_with_backend(handler, proxy: str = "off", send_proxy_data: bool = False):  # type: ignore[no-untyped-def]
+async def run_with_backend(
+    handler, proxy: str = "off", send_proxy_data: bool = False, splice: bool = True
+):  # type: ignore[no-untyped-def]
     control = free_ports(1)
     passive = free_ports(2)
     backend = await asyncio.start_server(handler, "127.0.1.1", 0)
@@ -50,7 +52,7 @@ async def run_with_backend(handler, proxy: str = "off", send_proxy_data: bool = 
     )
     pool = Pool(config.backends, "leastconn")
     pool.backends[0].up = True
-    balancer = RoutedBalancer(config, pool)
+    balancer = RoutedBalancer(config, pool, splice=splice)
     await balancer.start()
     return backend, balancer, control, passive
 
@@ -168,9 +170,9 @@ def pool_sessions(balancer: RoutedBalancer) -> int:
     return balancer.pool.sessions
 
 
-async def data_through_balancer(handler, client):  # type: ignore[no-untyped-def]
+async def data_through_balancer(handler, client, splice: bool = True):  # type: ignore[no-untyped-def]
     """Run `client(reader, writer)` against a passive port whose backend side is `handler`."""
-    backend, balancer, _, passive = await run_with_backend(handler)
+    backend, balancer, _, passive = await run_with_backend(handler, splice=splice)
     recorder = await asyncio.start_server(handler, "127.0.1.1", passive)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", passive)
@@ -192,11 +194,9 @@ BIG = bytes(range(256)) * (32 * 1024)  # 8 MiB
 
 @LOOPS
 @pytest.mark.parametrize("mode", ["1", "0"])
-def test_download_and_upload_with_half_close(
-    loop: str, mode: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_download_and_upload_with_half_close(loop: str, mode: str) -> None:
     # Spliced (the default past 1 MiB) and on the Protocol relay (FTPLB_SPLICE=0).
-    monkeypatch.setattr(splice, "MODE", mode)
+    wanted = splice.enabled({"FTPLB_SPLICE": mode})
     spliced = int(mode == "1")
 
     async def main() -> None:
@@ -208,7 +208,7 @@ def test_download_and_upload_with_half_close(
         async def read_all(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             assert await asyncio.wait_for(reader.read(), 20) == BIG
 
-        balancer = await data_through_balancer(download, read_all)
+        balancer = await data_through_balancer(download, read_all, wanted)
         assert balancer.spliced_total == spliced
         assert balancer.pool.backends[0].bytes_out >= len(BIG)
 
@@ -223,7 +223,7 @@ def test_download_and_upload_with_half_close(
             writer.write_eof()
             assert await asyncio.wait_for(reader.read(), 20) == b"got %d" % len(BIG)
 
-        balancer = await data_through_balancer(upload, send_all)
+        balancer = await data_through_balancer(upload, send_all, wanted)
         assert balancer.spliced_total == spliced
 
     run(main(), loop)
@@ -233,7 +233,6 @@ def test_download_and_upload_with_half_close(
 def test_spliced_backend_reset_reaches_the_client(
     loop: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(splice, "MODE", "1")
     monkeypatch.setattr(relay_module, "SPLICE_AFTER", 0)  # spliced before the reset
 
     async def main() -> None:
@@ -261,10 +260,10 @@ def test_spliced_backend_reset_reaches_the_client(
     run(main(), loop)
 
 
-def test_splice_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_splice_unless_turned_off() -> None:
     for mode, wanted in (("auto", True), ("1", True), ("0", False)):
-        monkeypatch.setattr(splice, "MODE", mode)
-        assert splice.wanted() is wanted
+        assert splice.enabled({"FTPLB_SPLICE": mode}) is wanted
+    assert splice.enabled({}) is True
 
 
 @LOOPS

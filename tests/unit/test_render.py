@@ -1,17 +1,15 @@
-"""`ftplb render`: golden files for review, and each tool's own check of the output."""
+"""`ftplb render`: golden files for review, and the pieces the renderers share.
+Each tool's own check of the output: tests/integration/test_render_tools.py."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from ftplb.config import load_config
-from ftplb.render import RENDERERS, RenderError, RenderOptions, render
-from tests.conftest import need
-from tests.servers import unpacked
+from ftplb.config import PortRange, load_config, parse_config
+from ftplb.render import KINDS, RENDERERS, RenderError, RenderOptions, render
+from ftplb.render.rules import RuleGroups, Target, interfaces, rule_groups
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
@@ -32,76 +30,6 @@ def test_golden(kind: str) -> None:
     assert rendered(kind) == (GOLDEN / f"{kind}.txt").read_text()
 
 
-def test_cli_matches_and_is_deterministic() -> None:
-    runs = [
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "ftplb",
-                "render",
-                "nftables",
-                "-c",
-                SAMPLE,
-                "--public-if",
-                "eth0",
-                "--private-if",
-                "eth1",
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            check=True,
-        ).stdout
-        for _ in range(2)
-    ]
-    assert runs[0] == runs[1] == (GOLDEN / "nftables.txt").read_text()
-
-
-def test_haproxy_check(tmp_path: Path) -> None:
-    path = tmp_path / "haproxy.cfg"
-    path.write_text(rendered("haproxy"))
-    done = subprocess.run([need("haproxy"), "-c", "-f", str(path)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
-    text = path.read_text()
-    assert "server ftp1 198.18.1.11:21 check weight 1 send-proxy-v2 check-send-proxy" in text
-    assert "bind 198.18.0.2:30100-30199" in text and "timeout client 900s" in text
-
-
-def test_nft_check(tmp_path: Path) -> None:
-    path = tmp_path / "ftplb.nft"
-    path.write_text(rendered("nftables"))
-    done = subprocess.run([need("nft"), "-c", "-f", str(path)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-
-
-def test_iptables_restore_test(tmp_path: Path) -> None:
-    text = rendered("iptables")
-    done = subprocess.run(
-        [need("iptables-restore"), "--test", "--noflush"],
-        input=text,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
-    dnat = (
-        "-A FTPLB-DNAT -i eth0 -d 198.18.0.2/32 -p tcp -m tcp --dport 30000:30099"
-        " -j DNAT --to-destination 198.18.1.11"
-    )
-    assert dnat in text
-
-
-@pytest.mark.parametrize("backend", ["ftp1", "ftp2", "ftp3"])
-def test_proftpd_check(tmp_path: Path, backend: str) -> None:
-    path = tmp_path / "proftpd.conf"
-    path.write_text(rendered("proftpd", backend=backend))
-    done = subprocess.run(
-        [unpacked("/usr/sbin/proftpd"), "-t", "-c", str(path)], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    assert "masquerading as 198.18.0.2" in done.stderr
-
-
 def test_refusals() -> None:
     with pytest.raises(RenderError, match="--backend: no backend named"):
         rendered("vsftpd", backend="nope")
@@ -114,3 +42,56 @@ def test_refusals() -> None:
     )
     with pytest.raises(RenderError, match="routed design"):
         render("haproxy", inspect)
+
+
+def test_kinds_in_the_order_the_cli_lists_them() -> None:
+    assert KINDS == (
+        "haproxy",
+        "iptables",
+        "nftables",
+        "proftpd",
+        "vsftpd",
+        "pure-ftpd",
+        "ftplb-backend",
+    )
+    assert tuple(RENDERERS) == KINDS
+
+
+def test_rule_groups_leave_out_ipv6_backends_and_dnat_on_request() -> None:
+    config = parse_config(
+        {
+            "balancer": {"listen": "198.18.0.2:21", "public_address": "198.18.0.9"},
+            "backends": [
+                {"name": "a", "address": "198.18.1.1:21", "passive_ports": "30000-30009"},
+                {"name": "six", "address": "[2001:db8::1]:21", "passive_ports": "30010-30019"},
+                {"name": "b", "address": "198.18.1.2:2121", "passive_ports": "30020-30029"},
+            ],
+        }
+    )
+    targets = (
+        Target("a", "198.18.1.1", PortRange(30000, 30009)),
+        Target("b", "198.18.1.2", PortRange(30020, 30029)),
+    )
+    assert rule_groups(config, RenderOptions()) == RuleGroups(
+        public="198.18.0.9", dnat=targets, snat=targets, forward=targets
+    )
+    assert rule_groups(config, RenderOptions(no_dnat=True)) == RuleGroups(
+        public="198.18.0.9", dnat=(), snat=targets, forward=targets
+    )
+
+
+def test_interface_matches_are_empty_unless_given() -> None:
+    both = interfaces(RenderOptions(public_if="eth0", private_if="eth1"), "-i {}", "-o {}")
+    assert (both.public_in, both.public_out, both.private_in, both.private_out) == (
+        "-i eth0 ",
+        "-o eth0 ",
+        "-i eth1 ",
+        "-o eth1 ",
+    )
+    public_only = interfaces(RenderOptions(public_if="wan"), 'iifname "{}"', 'oifname "{}"')
+    assert (
+        public_only.public_in,
+        public_only.public_out,
+        public_only.private_in,
+        public_only.private_out,
+    ) == ('iifname "wan" ', 'oifname "wan" ', "", "")

@@ -1,21 +1,52 @@
 """What the admin API reads and changes, as plain data.
 
-`LocalSource` wraps the `Runtime` of this process. With several workers the
-supervisor uses `GroupSource` (ftplb/workers.py), which asks every worker for
-its `snapshot()` and adds them up with `merge`, and sends each change to all.
+`LocalSource` wraps this process's running balancer (`app.Runtime`, seen
+through the `Running` protocol: the admin layer imports nothing above it).
+With several workers the supervisor uses `GroupSource` (ftplb/workers.py),
+which asks every worker for its `snapshot()` and adds them up with `merge`,
+and sends each change to all.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from ftplb.balancer.pool import Backend
+from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config
-from ftplb.io.inspect import InspectBalancer
 
-if TYPE_CHECKING:
-    from ftplb.app import Runtime
+
+class Counting(Protocol):
+    """What either mode's balancer tells the admin API (io/routed.py, io/inspect.py)."""
+
+    def stats(self) -> dict[str, Any]:
+        """sessions, sessions_total, and the counter dicts (rejected, data_connections,
+        and in inspect mode logins, transfers, banned)."""
+
+
+class Running(Protocol):
+    """The running balancer as the admin API sees it (app.Runtime)."""
+
+    config: Config
+    pool: Pool
+    reloads: int
+
+    @property
+    def balancer(self) -> Counting: ...
+
+    def backend(self, name: str) -> Backend | None: ...
+
+    def set_drain(self, name: str, draining: bool) -> bool: ...
+
+    def set_disabled(self, name: str) -> bool: ...
+
+    def set_weight(self, name: str, weight: int) -> bool: ...
+
+    async def reload(self) -> tuple[bool, str]: ...
+
+    def stop_soon(self) -> None:
+        """Stop as on SIGTERM (a worker whose supervisor went away)."""
+
 
 Snapshot = dict[str, Any]
 """{"status": {...}, "backends": [backend_json...], "counters": {...}}"""
@@ -58,38 +89,29 @@ def backend_json(b: Backend) -> dict[str, Any]:
     }
 
 
-def snapshot_of(rt: Runtime) -> Snapshot:
+def snapshot_of(rt: Running) -> Snapshot:
     b = rt.config.balancer
-    lb = rt.balancer
-    counters: dict[str, Any] = {
-        "rejected": dict(lb.rejected),
-        "data_connections": dict(lb.data_connections),
-    }
-    if isinstance(lb, InspectBalancer):
-        counters["logins"] = dict(lb.logins)
-        counters["transfers"] = dict(lb.transfers)
-        counters["banned"] = len(lb.shared.logins.bans(lb.loop.time()))
+    stats = rt.balancer.stats()
+    sessions, total = stats.pop("sessions"), stats.pop("sessions_total")
     return {
         "status": {
             "mode": b.mode,
             "balance": rt.pool.policy_name,
             "listen": str(b.listen),
-            "sessions": lb.control_sessions,
+            "sessions": sessions,
             "reloads": rt.reloads,
             "workers": 1,
-            "processes": [
-                {"pid": os.getpid(), "sessions": lb.control_sessions, "total": lb.sessions_total}
-            ],
+            "processes": [{"pid": os.getpid(), "sessions": sessions, "total": total}],
         },
         "backends": [backend_json(x) for x in [*rt.pool.backends, *rt.pool.retired]],
-        "counters": counters,
+        "counters": stats,
     }
 
 
 class LocalSource:
     """This process's Runtime."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Running) -> None:
         self.runtime = runtime
 
     @property

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from ftplb.balancer.policies import Policy, make_policy
 from ftplb.config import BackendConfig
 from ftplb.shared import SharedCounters
-
-_SHARED_FIELDS = ("sessions", "sessions_total")
 
 
 @dataclass(eq=False)
@@ -39,18 +36,11 @@ class Backend:
     last_change: float = 0.0
     weight: int = field(default=0)
     shared: SharedCounters | None = None
-    """With several workers: `sessions` and `sessions_total` of all of them."""
+    """With several workers: `sessions` and `sessions_total` of all of them
+    (kept by `Pool.assign` and `Pool.release`)."""
 
     def __post_init__(self) -> None:
         self.weight = self.config.weight
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Every change to the session counters, wherever it is made, reaches
-        # the shared ones: leastconn then sees all workers' sessions.
-        shared = self.__dict__.get("shared")
-        if shared is not None and name in _SHARED_FIELDS:
-            shared.add(f"{name}|{self.config.name}", value - self.__dict__.get(name, 0))
-        object.__setattr__(self, name, value)
 
     def health_changed(self, up: bool, now: float) -> None:
         """A check (ours or worker 0's) decided: `up` since `now` (wall clock)."""
@@ -107,7 +97,7 @@ class Pool:
         self.backends = [Backend(b, shared=shared) for b in backends]
         self.by_name = {b.name: b for b in self.backends}
         self.policy_name = policy
-        self.policy: Policy = make_policy(policy)
+        self.policy: Policy = make_policy(policy, shared is not None)
         self.retired: list[Backend] = []
 
     def update(
@@ -143,8 +133,34 @@ class Pool:
         self.by_name = {b.name: b for b in new_list}
         if policy != self.policy_name:
             self.policy_name = policy
-            self.policy = make_policy(policy)
+            self.policy = make_policy(policy, self.shared is not None)
         return added, retired
+
+    # -- session bookkeeping: every session on a backend is assigned and released here
+
+    def assign(self, backend: Backend) -> None:
+        """A session goes to `backend` (all workers' counts follow: leastconn)."""
+        backend.sessions += 1
+        backend.sessions_total += 1
+        if self.shared is not None:
+            self.shared.add(f"sessions|{backend.name}", 1)
+            self.shared.add(f"sessions_total|{backend.name}", 1)
+
+    def release(self, backend: Backend, connect_failed: bool = False) -> None:
+        """A session of `backend` ended (or never got connected: `connect_failed`)."""
+        backend.sessions -= 1
+        if connect_failed:
+            backend.connect_failures_total += 1
+        if self.shared is not None:
+            self.shared.add(f"sessions|{backend.name}", -1)
+
+    def retire_if_idle(self, backend: Backend, busy: bool = False) -> bool:
+        """A backend removed by reload leaves once its last session has (and
+        nothing else is `busy` on it). True when it left now."""
+        if backend.retired and backend.sessions == 0 and not busy and backend in self.retired:
+            self.retired.remove(backend)
+            return True
+        return False
 
     def choose(
         self, client_ip: str, key: str | None = None, exclude: Collection[str] = ()

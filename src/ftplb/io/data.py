@@ -3,7 +3,13 @@
 A `DataChannel` pairs the client's data connection with one to the backend's
 passive port and relays between them (`io.relay.Relay`). In passive mode the
 client's side is accepted on a port from `data_ports`, only from the control
-connection's client address; in active mode both sides are connected by us.
+connection's client address; in active mode both sides are connected by us,
+the client's first. What happens to it is told to its `DataOwner` (the
+control session).
+
+Sockets we connect are armed to reset until the join (`relay.armed_socket`):
+a channel dropped half-made must not look to either peer like an empty,
+finished transfer.
 """
 
 from __future__ import annotations
@@ -12,58 +18,61 @@ import asyncio
 import logging
 import socket
 import ssl
-from asyncio.sslproto import SSLProtocol
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Protocol, cast
 
-from ftplb.config import PortRange
-from ftplb.io import splice
-from ftplb.io.relay import (
-    Relay,
-    armed_socket,
-    client_addresses,
-    disarm,
-    peer_address,
-    reset,
-)
+from ftplb.balancer.dataports import DataPorts
+from ftplb.io.relay import Relay, armed_socket, client_addresses, disarm, peer_address, reset
+from ftplb.io.sessions import Tasks
+from ftplb.io.tls import BackendTLS, ResumingContext, handshake_failure, tls_protocol
 from ftplb.proto import proxy_protocol
 from ftplb.proto.addresses import same_host
 
 log = logging.getLogger("ftplb.data")
 
+REUSE_REFUSAL = "Data connection refused: it must resume the control connection's TLS session."
+
+
+class DataOwner(Protocol):
+    """What a data channel tells its control session."""
+
+    def data_client_connected(self) -> None:
+        """Active mode: our TCP connection to the client exists."""
+
+    def data_opened(self) -> None:
+        """Both sides are connected and joined."""
+
+    def data_closed(self, bytes_up: int, bytes_down: int) -> None:
+        """The joined channel ended (once)."""
+
+    def data_failed(self) -> None:
+        """The channel ended without ever joining its two sides."""
+
+    def data_refused(self, reason: str) -> None:
+        """The client's connection was refused (its TLS session not resumed)."""
+
+    def data_spliced(self) -> None:
+        """A channel the kernel moved (io/splice.py) ended."""
+
 
 @dataclass(frozen=True)
-class BackendTLS:
-    """TLS toward the backend on a data connection (we are the TLS client)."""
-
-    context: ssl.SSLContext
-    control: ssl.SSLObject
-    """The backend control connection: its session is resumed, as careful servers
-    (vsftpd's require_ssl_reuse) insist. Read at connect time, after TLS 1.3 tickets."""
-    hostname: str
-    handshake_timeout: float
-
-
-class _Resuming:
-    """What asyncio's SSLProtocol needs of a context (`wrap_bio`), with a session.
-    start_tls and create_connection have no `session` argument; SSLObjects
-    must come from the context that made the session, so we cannot copy it."""
-
-    def __init__(self, context: ssl.SSLContext, session: ssl.SSLSession | None) -> None:
-        self.context = context
-        self.session = session
-
-    def wrap_bio(
-        self,
-        incoming: ssl.MemoryBIO,
-        outgoing: ssl.MemoryBIO,
-        server_side: bool = False,
-        server_hostname: str | None = None,
-    ) -> ssl.SSLObject:
-        return self.context.wrap_bio(
-            incoming, outgoing, server_side, server_hostname, session=self.session
-        )
+class DataSettings:
+    label: str
+    """Who the channel belongs to, for its log lines."""
+    proxy_version: str = "off"
+    """PROXY header toward the backend (send_proxy_data)."""
+    control_addresses: tuple[tuple[str, int], tuple[str, int]] | None = None
+    """The control connection's (client, local): the PROXY header of a backend
+    connection made before the client's data connection exists."""
+    tls: ssl.SSLContext | None = None
+    """PROT P: the client's side is TLS, with us as the TLS server."""
+    require_reuse: bool = True
+    """PROT P: the client must resume the control connection's TLS session."""
+    handshake_timeout: float = 10.0
+    connect_timeout: float = 5.0
+    splice: bool = True
+    """A plain channel may be handed to the kernel past SPLICE_AFTER bytes."""
 
 
 class _TLSAccept(asyncio.Protocol):
@@ -80,92 +89,30 @@ class _TLSAccept(asyncio.Protocol):
         )
 
 
-class DataPorts:
-    """Hands out ports of `data_ports` round-robin. A port is ours from `take`
-    until `release`: concurrent sessions never try to bind the same port (under
-    load they used to, and a burst of them could run out of candidates and
-    answer 425 with most of the range free)."""
-
-    BIND_ATTEMPTS = 64
-    """Ports a listen tries before giving up (others may be taken by other
-    programs, or by outgoing connections if the range overlaps the kernel's
-    ephemeral ports: `ftplb check` warns of that)."""
-
-    def __init__(self, ports: PortRange) -> None:
-        self.ports = ports
-        self._next = ports.first
-        self._taken: set[int] = set()
-
-    def take(self) -> int | None:
-        """The next port no listener of ours holds, now ours; None if all are taken."""
-        first, span = self.ports.first, len(self.ports)
-        for i in range(span):
-            port = first + (self._next - first + i) % span
-            if port not in self._taken:
-                self._taken.add(port)
-                self._next = port + 1 if port < self.ports.last else first
-                return port
-        return None
-
-    def release(self, port: int) -> None:
-        self._taken.discard(port)
-
-    @property
-    def taken(self) -> int:
-        return len(self._taken)
-
-
 class DataChannel:
-    """One data connection pair. `on_open()` when both sides are up, `on_close(up, down)` once."""
+    """One data connection pair and what becomes of it."""
 
-    def __init__(
-        self,
-        label: str,
-        on_open: Callable[[], None],
-        on_close: Callable[[int, int], None],
-        proxy_version: str = "off",
-        tls: ssl.SSLContext | None = None,
-        require_reuse: bool = True,
-        handshake_timeout: float = 10.0,
-        on_refused: Callable[[str], None] | None = None,
-        on_fail: Callable[[], None] | None = None,
-        on_spliced: Callable[[], None] | None = None,
-        backend_tls: BackendTLS | None = None,
-        control_addresses: tuple[tuple[str, int], tuple[str, int]] | None = None,
-        connect_timeout: float = 5.0,
-    ) -> None:
-        self.label = label
-        self.proxy_version = proxy_version
-        self.tls = tls
-        """Set for PROT P: the client's side is TLS, with us as the TLS server."""
-        self.backend_tls = backend_tls
+    def __init__(self, owner: DataOwner, settings: DataSettings) -> None:
+        self.owner = owner
+        self.settings = settings
+        self.label = settings.label
+        self.tls = settings.tls
+        self.backend_tls: BackendTLS | None = None
         """Set when the backend's side is TLS too (backend_tls with PROT P)."""
-        self.control_addresses = control_addresses
-        """The control connection's (client, local): the PROXY header of a TLS
-        backend connection made before the client's data connection exists."""
-        self._header_sent = False
-        self.connect_timeout = connect_timeout
-        self.require_reuse = require_reuse
-        self.handshake_timeout = handshake_timeout
-        self._on_refused = on_refused
-        self._on_fail = on_fail
-        self._on_spliced = on_spliced
-        """Called when a relay the kernel moved (io/splice.py) ends."""
-        self._on_open = on_open
-        self._on_close = on_close
         self.relay: Relay | None = None
         self.server: asyncio.Server | None = None
         self._listening: tuple[DataPorts, int] | None = None
         """The port `server` holds, to give back when it closes."""
         self.closed = False
         self.mode = "active"
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.loop = asyncio.get_running_loop()
+        self._tasks = Tasks(self.loop)
         self._timer: asyncio.TimerHandle | None = None
         self._opened = False
+        self._header_sent = False
         self._refused: set[Relay] = set()
         self._armed: list[socket.socket] = []
-        """Sockets we connected that reset when closed, until the join (`armed_socket`)."""
-        self.loop = asyncio.get_running_loop()
+        """Sockets we connected that reset when closed, until the join."""
 
     # -- passive: the client connects to us
 
@@ -178,7 +125,6 @@ class DataChannel:
         timeout: float,
     ) -> int:
         """Open a listener on a free port of `ports`; returns the port. Raises OSError."""
-        loop = self.loop
         self.mode = "passive"
         last_error: OSError | None = None
         for _ in range(DataPorts.BIND_ATTEMPTS):
@@ -186,7 +132,7 @@ class DataChannel:
             if port is None:
                 break
             try:
-                self.server = await loop.create_server(
+                self.server = await self.loop.create_server(
                     lambda: self._accept_protocol(client_ip, backend),
                     host,
                     port,
@@ -201,7 +147,7 @@ class DataChannel:
             if self.closed:  # closed while we were binding
                 self._stop_listening()
                 raise OSError("data channel closed")
-            self._timer = loop.call_later(timeout, self._listen_timeout, timeout)
+            self._timer = self.loop.call_later(timeout, self._listen_timeout, timeout)
             return port
         raise last_error or OSError(f"all {len(ports.ports)} data ports in use")
 
@@ -248,52 +194,32 @@ class DataChannel:
             return
         relay = self.relay = Relay(self._relay_closed)
         relay.on_client = lambda: self._handshake_done(relay)
-        # TLS goes in right here: uvloop may hand us the ClientHello even on a
-        # paused transport, so a start_tls task one loop turn later could miss it.
         assert self.tls is not None
-        loop = self.loop
-        handshake: asyncio.Future[None] = loop.create_future()
-        protocol = SSLProtocol(
-            loop,
-            relay.client,
-            self.tls,
-            handshake,
-            server_side=True,
-            ssl_handshake_timeout=self.handshake_timeout,  # type: ignore[arg-type]
+        protocol, handshake = tls_protocol(
+            self.loop, relay.client, self.tls, self.settings.handshake_timeout, server_side=True
         )
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         self._stop_listening()
         self.connect_backend(backend)
-        self._spawn(self._server_handshake(transport, handshake))
-
-    async def _server_handshake(
-        self, transport: asyncio.BaseTransport, handshake: asyncio.Future[None]
-    ) -> None:
-        """Wait for the client's handshake (the relay endpoint is made after it)."""
-        await self._handshake(transport, handshake, "client data TLS handshake failed")
+        self._tasks.spawn(self._handshake(transport, handshake, "client data TLS handshake"))
 
     async def _handshake(
-        self, transport: asyncio.BaseTransport, handshake: asyncio.Future[None], failure: str
+        self, transport: asyncio.BaseTransport, handshake: asyncio.Future[None], what: str
     ) -> bool:
-        """Await an SSLProtocol's handshake on the raw `transport`; on failure (or
-        cancellation) abort it, and close the channel unless cancelled."""
-        try:
-            await handshake
-        except BaseException as exc:
-            cast(asyncio.Transport, transport).abort()
-            if not isinstance(exc, (OSError, TimeoutError, ConnectionError, ssl.SSLError)):
-                raise
-            log.warning("%s: %s: %s", self.label, failure, exc)
-            self.close()
-            return False
-        return True
+        """The handshake of a `tls_protocol`; a failure closes the channel."""
+        error = await handshake_failure(transport, handshake)
+        if error is None:
+            return True
+        log.warning("%s: %s failed: %s", self.label, what, error)
+        self.close()
+        return False
 
     def _handshake_done(self, relay: Relay) -> None:
         transport = relay.client.transport
         assert transport is not None
         if not self._tls_accepted(transport):
-            transport.abort()
+            reset(transport)
             self.close()
             return
         self._maybe_start()
@@ -301,16 +227,13 @@ class DataChannel:
     def _tls_accepted(self, transport: asyncio.BaseTransport) -> bool:
         """PROT P with session reuse required: the client must resume the control
         session, proving it holds its secrets (a port thief does not)."""
-        if self.tls is None or not self.require_reuse:
+        if self.tls is None or not self.settings.require_reuse:
             return True
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None and ssl_object.session_reused:
             return True
         log.warning("%s: TLS data connection refused: control session not resumed", self.label)
-        if self._on_refused is not None:
-            self._on_refused(
-                "Data connection refused: it must resume the control connection's TLS session."
-            )
+        self.owner.data_refused(REUSE_REFUSAL)
         return False
 
     def _listen_timeout(self, timeout: float) -> None:
@@ -333,34 +256,35 @@ class DataChannel:
     # -- connections we make
 
     def connect_backend(self, backend: tuple[str, int]) -> None:
-        if self.relay is None:
-            self.relay = Relay(self._relay_closed)
-        relay = self.relay
+        relay = self._relay()
         if self.backend_tls is not None:
-            self._spawn(self._connect_tls_backend(relay, backend, self.backend_tls))
+            self._tasks.spawn(self._connect_tls_backend(relay, backend, self.backend_tls))
         else:
-            self._spawn(self._connect(lambda: relay.backend, backend, None))
+            self._tasks.spawn(self._connect(lambda: relay.backend, backend, None))
 
-    def connect_client(
-        self, target: tuple[str, int], source_host: str, on_connected: Callable[[], None]
-    ) -> None:
-        """Active mode: connect to the client first; `on_connected()` once the TCP
-        connection exists (with PROT P the client's TLS handshake may still be
-        running: clients start it when they see the 150), `on_fail` if it never does."""
+    def connect_client(self, target: tuple[str, int], source_host: str) -> None:
+        """Active mode: connect to the client first; the owner hears
+        `data_client_connected` once the TCP connection exists (with PROT P the
+        client's TLS handshake may still be running: clients start it when they
+        see the 150), or `data_failed` if it never does."""
+        relay = self._relay()
+        local = (source_host, 0)
+        if self.tls is None:
+            self._tasks.spawn(self._connect(lambda: relay.client, target, local, True))
+        else:
+            self._tasks.spawn(self._connect_tls_client(relay, target, local))
+
+    def _relay(self) -> Relay:
         if self.relay is None:
             self.relay = Relay(self._relay_closed)
-        relay = self.relay
-        if self.tls is None:
-            self._spawn(self._connect(lambda: relay.client, target, (source_host, 0), on_connected))
-        else:
-            self._spawn(self._connect_tls_client(relay, target, (source_host, 0), on_connected))
+        return self.relay
 
     async def _connect(
         self,
         factory: Callable[[], asyncio.Protocol],
         address: tuple[str, int],
         local: tuple[str, int] | None,
-        on_connected: Callable[[], None] | None = None,
+        to_client: bool = False,
     ) -> None:
         sock = await self._connect_armed(address, local)
         if sock is None:
@@ -370,8 +294,8 @@ class DataChannel:
         except BaseException:
             sock.close()
             raise
-        if on_connected is not None and not self.closed:
-            on_connected()
+        if to_client and not self.closed:
+            self.owner.data_client_connected()
         self._maybe_start()
 
     async def _connect_armed(
@@ -385,7 +309,7 @@ class DataChannel:
             self._connect_failed(address, exc)
             return None
         connecting = asyncio.ensure_future(
-            asyncio.wait_for(self.loop.sock_connect(sock, address), self.connect_timeout)
+            asyncio.wait_for(self.loop.sock_connect(sock, address), self.settings.connect_timeout)
         )
         try:
             await asyncio.shield(connecting)
@@ -404,27 +328,22 @@ class DataChannel:
         return sock
 
     async def _connect_tls_client(
-        self,
-        relay: Relay,
-        address: tuple[str, int],
-        local: tuple[str, int],
-        on_connected: Callable[[], None],
+        self, relay: Relay, address: tuple[str, int], local: tuple[str, int]
     ) -> None:
         """Active mode with PROT P: we connect, yet the FTP client is the TLS client.
         Connect a plain socket, then treat it as an accepted one: the handshake
         completes before the endpoint sees a byte."""
-        loop = self.loop
         sock = await self._connect_armed(address, local)
         if sock is None:
             return
         if not self.closed:
-            on_connected()
+            self.owner.data_client_connected()
         try:
-            transport, _ = await loop.connect_accepted_socket(
+            transport, _ = await self.loop.connect_accepted_socket(
                 lambda: relay.client,
                 sock,
                 ssl=self.tls,
-                ssl_handshake_timeout=self.handshake_timeout,
+                ssl_handshake_timeout=self.settings.handshake_timeout,
             )
         except BaseException as exc:
             sock.close()  # armed: a reset
@@ -447,34 +366,26 @@ class DataChannel:
     ) -> None:
         """Connect, send the PROXY header in the clear, then a TLS handshake that
         resumes the backend control session; the endpoint sees only plaintext."""
-        loop = self.loop
         sock = await self._connect_armed(address, None)
         if sock is None:
             return
         try:
             header = self._proxy_header()
             if header:
-                await loop.sock_sendall(sock, header)
+                await self.loop.sock_sendall(sock, header)
                 self._header_sent = True
-            handshake: asyncio.Future[None] = loop.create_future()
-            protocol = SSLProtocol(
-                loop,
-                relay.backend,
-                cast(ssl.SSLContext, _Resuming(tls.context, tls.control.session)),
-                handshake,
-                server_hostname=tls.hostname,
-                ssl_handshake_timeout=tls.handshake_timeout,  # type: ignore[arg-type]
+            context = ResumingContext(tls.context, tls.control.session)
+            protocol, handshake = tls_protocol(
+                self.loop, relay.backend, context, tls.handshake_timeout, hostname=tls.hostname
             )
-            raw, _ = await loop.create_connection(lambda: protocol, sock=sock)
+            raw, _ = await self.loop.create_connection(lambda: protocol, sock=sock)
         except BaseException as exc:
             sock.close()
-            if not isinstance(exc, (OSError, TimeoutError)):
+            if not isinstance(exc, OSError):
                 raise
             self._connect_failed(address, exc)
             return
-        if not await self._handshake(
-            raw, handshake, f"TLS to backend data port {address[1]} failed"
-        ):
+        if not await self._handshake(raw, handshake, f"TLS to backend data port {address[1]}"):
             return
         transport = relay.backend.transport
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
@@ -485,16 +396,17 @@ class DataChannel:
     def _proxy_header(self) -> bytes:
         """The backend learns the client's data-connection address (or, before that
         connection exists, the control connection's)."""
-        if self.proxy_version == "off":
+        version = self.settings.proxy_version
+        if version == "off":
             return b""
         relay = self.relay
         if relay is not None and relay.client.transport is not None:
             peer, local = client_addresses(relay.client.transport)
-        elif self.control_addresses is not None:
-            peer, local = self.control_addresses
+        elif self.settings.control_addresses is not None:
+            peer, local = self.settings.control_addresses
         else:
             return b""
-        return proxy_protocol.encode(self.proxy_version, peer, local)
+        return proxy_protocol.encode(version, peer, local)
 
     def _maybe_start(self) -> None:
         relay = self.relay
@@ -509,14 +421,9 @@ class DataChannel:
         plain = self.tls is None and self.backend_tls is None
         relay.start(
             b"" if self._header_sent else self._proxy_header(),
-            splice=splice.wanted if plain else None,
+            splice=plain and self.settings.splice,
         )
-        self._on_open()
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.owner.data_opened()
 
     # -- the end
 
@@ -527,12 +434,12 @@ class DataChannel:
         if relay is self.relay:
             self.closed = True
             self._stop_listening()
-            if relay.spliced is not None and self._on_spliced is not None:
-                self._on_spliced()
+            if relay.spliced is not None:
+                self.owner.data_spliced()
             if self._opened:
-                self._on_close(relay.bytes_up, relay.bytes_down)
-            elif self._on_fail is not None:
-                self._on_fail()
+                self.owner.data_closed(relay.bytes_up, relay.bytes_down)
+            else:
+                self.owner.data_failed()
 
     def close(self) -> None:
         """Drop everything; a relay in progress is aborted."""
@@ -540,8 +447,7 @@ class DataChannel:
             return
         self.closed = True
         self._stop_listening()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
         if self.relay is not None:
             self.relay.close("data channel closed", abort=True)
 

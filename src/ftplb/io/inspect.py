@@ -1,8 +1,9 @@
-"""Inspect mode: runs proto/session.py against real sockets.
+"""Inspect mode: runs the session core (proto/session.py) against real sockets.
 
-Each client control connection gets a `ControlSession`: two small Protocols
-(client side, backend side) feed bytes to an `InspectSession` and carry out
-the commands it returns. Data channels live in io/data.py.
+Each client control connection gets a `ControlSession`: a `ControlSide` per
+control socket turns what happens into events for its `InspectSession` and
+carries out the commands that come back. Data channels live in io/data.py,
+TLS set-up in io/tls.py, what routed mode shares in io/sessions.py.
 """
 
 from __future__ import annotations
@@ -13,56 +14,79 @@ import logging
 import socket
 import ssl
 from collections import Counter
-from typing import Any, cast
+from typing import Any
 
+from ftplb.balancer.dataports import DataPorts
 from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config, HostPort
-from ftplb.io.data import BackendTLS, DataChannel, DataPorts
-from ftplb.io.relay import (
-    HIGH_WATER,
-    LOW_WATER,
-    client_addresses,
-    control_listener,
-    enable_keepalive,
+from ftplb.io.data import DataChannel, DataSettings
+from ftplb.io.relay import Side, client_addresses, control_listener, enable_keepalive
+from ftplb.io.sessions import Dialer, SessionCounts, Tasks, listen, sockets_of
+from ftplb.io.tls import (
+    BackendTLS,
+    backend_context,
+    load_server_certificate,
+    server_context,
+    upgrade,
 )
 from ftplb.proto import proxy_protocol
-from ftplb.proto.ftp import reply
-from ftplb.proto.session import (
+from ftplb.proto.commands import (
     Close,
     CloseData,
     Cmd,
     ConnectBackend,
     ConnectBackendData,
     ConnectClientData,
-    InspectSession,
     ListenData,
     Log,
     LoginResult,
     Redispatch,
     SendBackend,
     SendClient,
-    SessionSettings,
     StartBackendTLS,
     StartClientTLS,
     Transferred,
 )
+from ftplb.proto.events import (
+    BackendClosed,
+    BackendConnected,
+    BackendData,
+    BackendFailed,
+    BackendTLSFailed,
+    BackendTLSReady,
+    ClientClosed,
+    ClientData,
+    DataClientConnected,
+    DataClosed,
+    DataFailed,
+    DataListenFailed,
+    DataListening,
+    DataOpened,
+    DataRefused,
+    Event,
+    Resume,
+    Start,
+    Tick,
+)
+from ftplb.proto.ftp import reply
+from ftplb.proto.session import InspectSession, SessionSettings
 from ftplb.shared import Shared
 
 log = logging.getLogger("ftplb.session")
+LEVELS = {"info": logging.INFO, "warning": logging.WARNING}
 
 
-class _Side(asyncio.Protocol):
-    """One control socket; passes events to its ControlSession."""
+class ControlSide(Side):
+    """One control socket (the client's or the backend's) of a ControlSession."""
+
+    __slots__ = ("is_client", "session")
 
     def __init__(self, session: ControlSession, is_client: bool) -> None:
+        super().__init__()
         self.session = session
         self.is_client = is_client
-        self.transport: asyncio.Transport | None = None
-        self.bytes_read = 0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+    def made(self) -> None:
         if self.is_client:
             self.session.client_connected()
         else:
@@ -70,10 +94,11 @@ class _Side(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_read += len(data)
+        session = self.session
         if self.is_client:
-            self.session.client_data(data)
-        else:
-            self.session.backend_data(data)
+            session.event(ClientData(data, session.loop.time()))
+        elif self is session.backend_side:
+            session.event(BackendData(data, session.loop.time()))
 
     def eof_received(self) -> bool:
         return False  # a half-closed control connection is a closed one
@@ -81,7 +106,6 @@ class _Side(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.session.side_lost(self, exc)
 
-    # A slow reader on this side: stop reading what would be written to it.
     def pause_writing(self) -> None:
         self.session.write_paused(self, True)
 
@@ -90,46 +114,46 @@ class _Side(asyncio.Protocol):
 
 
 class ControlSession:
+    """One inspect-mode session: its sockets, its core, its data channel."""
+
     def __init__(self, balancer: InspectBalancer, implicit: bool = False) -> None:
         self.balancer = balancer
+        self.loop = balancer.loop
+        """Kept: asking asyncio for it costs a getpid() system call on Python 3.11."""
         self.implicit = implicit
-        self.client = _Side(self, True)
-        self.backend_side: _Side | None = None
-        self.backend: Backend | None = None
+        self.client = ControlSide(self, True)
+        self.backend_side: ControlSide | None = None
+        self.dialer = Dialer(balancer.pool, self._choose)
         self.backend_ssl: ssl.SSLObject | None = None
         """The backend control connection's TLS, once `backend_tls` has started it."""
         self.backend_context: ssl.SSLContext | None = None
         """The client context that made `backend_ssl`: only it can resume that session."""
+        self.tls: ssl.SSLContext | None = None
+        """The server context this session started with: its data connections
+        resume sessions of its cache, whatever a reload changes meanwhile."""
         self.core: InspectSession | None = None
         self.client_addr: tuple[str, int] = ("", 0)
         self.local_addr: tuple[str, int] = ("", 0)
         self.data: DataChannel | None = None
         self.started = 0.0
-        balancer.sessions.add(self)
         self.end_reason = ""
         self.closed = False
         self.counted = False
+        self._user: str | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._tried: set[str] = set()
-        self._user: str | None = None
-        self.tls: ssl.SSLContext | None = None
-        """The server context this session started with: its data connections
-        resume sessions of its cache, whatever a reload changes meanwhile."""
+        self._tasks = Tasks(self.loop)
         self._client_full = False
         """The client does not read its replies: its write buffer is full."""
         self._backend_full = False
         self._client_reading = True
         self._tls_starting = False
         self._resume_soon = False
+        balancer.sessions.add(self)
 
     @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        return self.balancer.loop
-
-    def other(self, side: _Side) -> _Side | None:
-        return self.backend_side if side is self.client else self.client
+    def backend(self) -> Backend | None:
+        return self.dialer.backend
 
     # -- events from the sockets
 
@@ -144,46 +168,39 @@ class ControlSession:
             self.close(refusal)
             return
         self.counted = True
-        b = self.balancer.config.balancer
+        config = self.balancer.config
+        b = config.balancer
         self.tls = self.balancer.tls
         self.core = InspectSession(
             SessionSettings(
                 client=self.client_addr,
                 public_address=b.public_address,
                 # Pinned users need the name before the choice, whatever the policy.
-                balance_by_user=b.balance == "user" or bool(self.balancer.config.users),
+                balance_by_user=b.balance == "user" or bool(config.users),
                 login_timeout=b.login_timeout,
                 idle_timeout=b.idle_timeout,
-                greeting_timeout=self.balancer.config.greeting_timeout(),
+                greeting_timeout=config.greeting_timeout(),
                 tls=self.tls is not None,
-                tls_required=self.balancer.config.tls.required,
+                tls_required=config.tls.required,
                 implicit_tls=self.implicit,
-                backend_tls=self.balancer.config.tls.backend_tls,
+                backend_tls=config.tls.backend_tls,
             )
         )
-        self.run(self.core.start(self.loop.time()))
+        self.event(Start(self.started))
 
-    def client_data(self, data: bytes) -> None:
-        if self.core is not None and not self.closed:
-            self.run(self.core.client_data(data, self.loop.time()))
-
-    def backend_data(self, data: bytes) -> None:
-        if self.core is not None and not self.closed:
-            self.run(self.core.backend_data(data, self.loop.time()))
-
-    def side_lost(self, side: _Side, exc: Exception | None) -> None:
+    def side_lost(self, side: ControlSide, exc: Exception | None) -> None:
         if self.closed or (side is not self.client and side is not self.backend_side):
             return  # a backend we gave up on (redispatch)
         if side is self.client:
             if self.core is not None:
-                self.run(self.core.client_closed())
+                self.event(ClientClosed(self.loop.time()))
             self.close("client reset" if exc else "client closed")
         elif self.core is not None:
-            self.run(self.core.backend_closed())
+            self.event(BackendClosed(self.loop.time()))
         else:
             self.close("backend closed")
 
-    def write_paused(self, side: _Side, paused: bool) -> None:
+    def write_paused(self, side: ControlSide, paused: bool) -> None:
         """A side's write buffer passed its high-water mark (or drained). What
         would be written there is not read meanwhile: a client that never reads
         its replies stops both its own commands and the backend's replies."""
@@ -199,10 +216,13 @@ class ControlSession:
             self._backend_full = paused
         self._pace_client()
 
-    # -- carrying out the core's commands
+    # -- the core
 
-    def run(self, commands: list[Cmd]) -> None:
-        for cmd in commands:
+    def event(self, event: Event) -> None:
+        """Give the core an event and carry out what it answers."""
+        if self.core is None or self.closed:
+            return
+        for cmd in self.core.handle(event):
             if self.closed:
                 return
             self._do(cmd)
@@ -229,8 +249,7 @@ class ControlSession:
 
     def _resume(self) -> None:
         self._resume_soon = False
-        if self.core is not None and not self.closed:
-            self.run(self.core.resume(self.loop.time()))
+        self.event(Resume(self.loop.time()))
 
     def _do(self, cmd: Cmd) -> None:
         match cmd:
@@ -241,16 +260,17 @@ class ControlSession:
                 if self.backend_side is not None and self.backend_side.transport is not None:
                     self.backend_side.transport.write(data)
             case ConnectBackend(user):
-                self._connect_backend(user)
+                self._user = user
+                self._connect(self.dialer.first())
             case Redispatch(reason):
-                self._redispatch(reason)
+                self._drop_backend()
+                self._connect(self.dialer.next(reason))
             case Close(reason):
                 self.close(reason)
             case ListenData(backend, client_ip, tls, backend_tls):
                 self._listen(backend, client_ip, tls, backend_tls)
             case ConnectClientData(target, tls):
-                channel = self._new_channel(tls)
-                channel.connect_client(target, self._source_host(), self._data_client_connected)
+                self._new_channel(tls).connect_client(target, self._source_host())
             case ConnectBackendData(backend, backend_tls):
                 if self.data is not None:
                     if backend_tls:
@@ -262,17 +282,17 @@ class ControlSession:
                 if self.client.transport is not None:
                     self.client.transport.pause_reading()
                 self._tls_starting = True
-                self._spawn(self._start_tls())
+                self._tasks.spawn(self._start_client_tls())
             case StartBackendTLS():
                 if self.backend_side is not None and self.backend_side.transport is not None:
                     self.backend_side.transport.pause_reading()
-                self._spawn(self._start_backend_tls())
+                self._tasks.spawn(self._start_backend_tls())
             case CloseData():
                 self._close_data()
             case LoginResult(ok, user):
                 self.balancer.login_result(self, ok, user)
-            case Log(message):
-                log.info("%s %s", self.who(), message)
+            case Log(message, level):
+                log.log(LEVELS[level], "%s %s", self.who(), message)
             case Transferred(direction, command, file, size, duration):
                 self.balancer.transfers[direction] += 1
                 name = file.replace('"', "'")
@@ -300,197 +320,138 @@ class ControlSession:
             return data_listen
         return self.local_addr[0]
 
-    # -- backend control connection
+    # -- the backend control connection
 
-    def _connect_backend(self, user: str | None) -> None:
-        self._user = user
-        backend = self.balancer.choose(self, user)
+    def _choose(self, exclude: set[str]) -> Backend | None:
+        return self.balancer.choose(self, self._user, exclude)
+
+    def _connect(self, backend: Backend | None) -> None:
         if backend is None:
-            self.balancer.rejected["no_backend"] += 1
-            assert self.core is not None
-            self.run(self.core.backend_failed("no healthy backend"))
+            if not self.dialer.tried:
+                self.balancer.rejected["no_backend"] += 1
+            self.event(BackendFailed("no healthy backend", self.loop.time()))
             return
-        self._assign(backend)
-        self._spawn(self._connect(backend))
+        self._tasks.spawn(self._dial(backend))
 
-    def _assign(self, backend: Backend) -> None:
-        self.backend = backend
-        self._tried.add(backend.name)
-        backend.sessions += 1
-        backend.sessions_total += 1
+    async def _dial(self, first: Backend) -> None:
+        backend, reason = await self.dialer.connect(first, self._open_backend)
+        if backend is None and not self.closed:
+            self.event(BackendFailed(reason, self.loop.time()))
 
-    def _unassign(self, reason: str) -> Backend | None:
-        """The current backend failed before the client heard from it: the next one."""
-        backend = self.backend
-        if backend is not None:
-            log.warning("backend %s: %s; redispatching", backend.name, reason)
-            backend.sessions -= 1
-            backend.connect_failures_total += 1
-            self.balancer.retire_if_idle(backend)
-        self.backend = None
-        return self.balancer.choose(self, self._user, exclude=self._tried)
-
-    def _redispatch(self, reason: str) -> None:
-        """The backend connected but never greeted with 220: try another one."""
-        side, self.backend_side = self.backend_side, None
-        if side is not None and side.transport is not None:
-            side.transport.abort()
-        self.backend_ssl = None
-        other = self._unassign(reason)
-        if other is None:
-            self.run(self._core().backend_failed(reason))
-            return
-        self._assign(other)
-        self._spawn(self._connect(other))
-
-    async def _connect(self, backend: Backend) -> None:
-        timeout = self.balancer.config.balancer.connect_timeout
-        while True:
-            side = _Side(self, False)
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.loop.create_connection(
-                        lambda side=side: side,  # type: ignore[misc]
-                        backend.config.address.host,
-                        backend.config.address.port,
-                    )
-                break
-            except (OSError, TimeoutError) as exc:
-                reason = f"backend connect failed: {getattr(exc, 'strerror', None) or 'timeout'}"
-            other = self._unassign(reason)
-            if other is None or self.closed:
-                if self.core is not None and not self.closed:
-                    self.run(self.core.backend_failed(reason))
-                return
-            backend = other
-            self._assign(backend)
+    async def _open_backend(self, backend: Backend) -> str:
+        """One connection attempt: '' when connected (`backend_made` ran)."""
+        side = ControlSide(self, False)
+        try:
+            async with asyncio.timeout(self.balancer.config.balancer.connect_timeout):
+                await self.loop.create_connection(
+                    lambda: side, backend.config.address.host, backend.config.address.port
+                )
+        except (OSError, TimeoutError) as exc:
+            return f"backend connect failed: {getattr(exc, 'strerror', None) or 'timeout'}"
         if self.closed and side.transport is not None:
             side.transport.close()
+        return ""
 
-    def backend_made(self, side: _Side) -> None:
+    def backend_made(self, side: ControlSide) -> None:
         """The backend connection is up. Runs in connection_made, before any
-        byte from the backend can arrive (and before `_connect` resumes)."""
-        if self.closed:
+        byte from the backend can arrive (and before `_open_backend` resumes)."""
+        backend = self.backend
+        if self.closed or backend is None:
             return
         self.backend_side = side
-        assert side.transport is not None and self.backend is not None
+        assert side.transport is not None
         enable_keepalive(side.transport)
-        version = self.balancer.config.proxy_version(self.backend.config)
+        version = self.balancer.config.proxy_version(backend.config)
         header = proxy_protocol.encode(version, self.client_addr, self.local_addr)
         if header:
             side.transport.write(header)
         peer = side.transport.get_extra_info("peername")
-        assert self.core is not None
-        self.run(self.core.backend_connected(self.backend.name, peer[0], self.loop.time()))
+        self.event(BackendConnected(backend.name, peer[0], self.loop.time()))
 
-    # -- data channels
-
-    def _new_channel(self, tls: bool = False, backend_tls: bool = False) -> DataChannel:
-        self._close_data()
-        label = f"{self.who()} backend={self.backend.name if self.backend else '-'}"
-        version = "off"
-        if self.backend is not None and self.backend.config.send_proxy_data:
-            version = self.balancer.config.proxy_version(self.backend.config)
-            version = version if version != "off" else "v1"
-        t = self.balancer.config.tls
-        channel = DataChannel(
-            label,
-            self._data_opened,
-            self._data_closed,
-            version,
-            tls=self.tls if tls else None,
-            require_reuse=t.session_reuse,
-            handshake_timeout=t.handshake_timeout,
-            on_refused=self._data_refused,
-            on_fail=self._data_failed,
-            on_spliced=self.balancer.data_spliced,
-            backend_tls=self._backend_data_tls() if backend_tls else None,
-            control_addresses=(self.client_addr, self.local_addr),
-            connect_timeout=self.balancer.config.balancer.connect_timeout,
-        )
-        self.data = channel
-        return channel
-
-    def _backend_data_tls(self) -> BackendTLS | None:
-        context = self.backend_context
-        if context is None or self.backend_ssl is None or self.backend is None:
-            return None
-        return BackendTLS(
-            context,
-            self.backend_ssl,
-            self.backend.config.address.host,
-            self.balancer.config.tls.handshake_timeout,
-        )
+    def _drop_backend(self) -> None:
+        """The backend never greeted properly: its connection goes (redispatch)."""
+        side, self.backend_side = self.backend_side, None
+        if side is not None and side.transport is not None:
+            side.transport.abort()
+        self.backend_ssl = self.backend_context = None
 
     async def _start_backend_tls(self) -> None:
         """The backend said 234: we become its TLS client, verifying its certificate."""
         side = self.backend_side
         context = self.balancer.backend_tls
-        assert side is not None and side.transport is not None and self.backend is not None
+        backend = self.backend
+        assert side is not None and side.transport is not None and backend is not None
         if context is None:  # backend_tls is off: the core never asks
-            self.run(self._core().backend_tls_failed("no TLS client context"))
+            self.event(BackendTLSFailed("no TLS client context", self.loop.time()))
             return
-        try:
-            secured = await self.loop.start_tls(
-                side.transport,
-                side,
-                context,
-                server_hostname=self.backend.config.address.host,
-                ssl_handshake_timeout=self.balancer.config.tls.handshake_timeout,
-            )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-            reason = str(exc) or type(exc).__name__
-            log.warning("%s: TLS to backend %s failed: %s", self.who(), self.backend.name, reason)
-            if not self.closed:
-                self.run(self._core().backend_tls_failed(f"handshake failed: {reason}"))
+        secured = await upgrade(
+            self.loop,
+            side.transport,
+            side,
+            context,
+            self.balancer.config.tls.handshake_timeout,
+            hostname=backend.config.address.host,
+        )
+        if isinstance(secured, str):
+            log.warning("%s: TLS to backend %s failed: %s", self.who(), backend.name, secured)
+            self.event(BackendTLSFailed(f"handshake failed: {secured}", self.loop.time()))
             return
-        if secured is None or self.closed:
+        if self.closed:
             return
         side.transport = secured
         self.backend_ssl = secured.get_extra_info("ssl_object")
         self.backend_context = context
-        self.run(self._core().backend_tls_ready())
+        self.event(BackendTLSReady(self.loop.time()))
 
-    def _core(self) -> InspectSession:
-        assert self.core is not None
-        return self.core
-
-    def _data_client_connected(self) -> None:
-        if self.core is not None and not self.closed:
-            self.run(self.core.data_client_connected(self.loop.time()))
-
-    def _data_failed(self) -> None:
-        if self.core is not None and not self.closed:
-            self.run(self.core.data_failed())
-
-    def _data_refused(self, reason: str) -> None:
-        if self.core is not None and not self.closed:
-            self.run(self.core.data_refused(reason))
-
-    async def _start_tls(self) -> None:
+    async def _start_client_tls(self) -> None:
         """AUTH TLS answered: the client's control connection becomes TLS, we the server."""
         transport = self.client.transport
-        context = self.tls
-        assert transport is not None and context is not None
-        try:
-            secured = await self.loop.start_tls(
-                transport,
-                self.client,
-                context,
-                server_side=True,
-                ssl_handshake_timeout=self.balancer.config.tls.handshake_timeout,
-            )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-            log.warning("%s: TLS handshake failed: %s", self.who(), exc or type(exc).__name__)
-            self.close("TLS handshake failed")
-            return
-        if secured is None:
+        assert transport is not None and self.tls is not None
+        secured = await upgrade(
+            self.loop,
+            transport,
+            self.client,
+            self.tls,
+            self.balancer.config.tls.handshake_timeout,
+            server_side=True,
+        )
+        if isinstance(secured, str):
+            log.warning("%s: TLS handshake failed: %s", self.who(), secured)
             self.close("TLS handshake failed")
             return
         self.client.transport = secured
         self._tls_starting = False
         self._client_reading = True  # the TLS transport reads from the start
         self._pace_client()
+
+    # -- data channels (this session is their DataOwner)
+
+    def _new_channel(self, tls: bool = False, backend_tls: bool = False) -> DataChannel:
+        self._close_data()
+        config = self.balancer.config
+        backend = self.backend
+        settings = DataSettings(
+            label=f"{self.who()} backend={backend.name if backend else '-'}",
+            proxy_version=config.data_proxy_version(backend.config) if backend else "off",
+            control_addresses=(self.client_addr, self.local_addr),
+            tls=self.tls if tls else None,
+            require_reuse=config.tls.session_reuse,
+            handshake_timeout=config.tls.handshake_timeout,
+            connect_timeout=config.balancer.connect_timeout,
+            splice=self.balancer.splice,
+        )
+        channel = DataChannel(self, settings)
+        if backend_tls:
+            channel.backend_tls = self._backend_data_tls()
+        self.data = channel
+        return channel
+
+    def _backend_data_tls(self) -> BackendTLS | None:
+        context, backend = self.backend_context, self.backend
+        if context is None or self.backend_ssl is None or backend is None:
+            return None
+        timeout = self.balancer.config.tls.handshake_timeout
+        return BackendTLS(context, self.backend_ssl, backend.config.address.host, timeout)
 
     def _listen(
         self, backend: tuple[str, int], client_ip: str, tls: bool, backend_tls: bool
@@ -505,34 +466,42 @@ class ControlSession:
                 )
             except OSError as exc:
                 log.warning("%s: cannot open a data port: %s", self.who(), exc)
-                if self.core is not None and not self.closed:
-                    self.run(self.core.data_listen_failed())
+                self.event(DataListenFailed(self.loop.time()))
                 return
-            if self.core is not None and not self.closed:
-                self.run(self.core.data_listening(port))
+            self.event(DataListening(port, self.loop.time()))
 
-        self._spawn(go())
+        self._tasks.spawn(go())
 
-    def _data_opened(self) -> None:
+    def data_client_connected(self) -> None:
+        self.event(DataClientConnected(self.loop.time()))
+
+    def data_opened(self) -> None:
         if self.data is not None:
             direction = "inbound" if self.data.mode == "passive" else "outbound"
             self.balancer.data_connections[direction] += 1
-        if self.core is not None and not self.closed:
-            self.run(self.core.data_opened(self.loop.time()))
+        self.event(DataOpened(self.loop.time()))
 
-    def _data_closed(self, up: int, down: int) -> None:
+    def data_closed(self, bytes_up: int, bytes_down: int) -> None:
         if self.backend is not None:
-            self.backend.bytes_in += up
-            self.backend.bytes_out += down
-        if self.core is not None and not self.closed:
-            self.run(self.core.data_closed(up, down, self.loop.time()))
+            self.backend.bytes_in += bytes_up
+            self.backend.bytes_out += bytes_down
+        self.event(DataClosed(bytes_up, bytes_down, self.loop.time()))
+
+    def data_failed(self) -> None:
+        self.event(DataFailed(self.loop.time()))
+
+    def data_refused(self, reason: str) -> None:
+        self.event(DataRefused(reason, self.loop.time()))
+
+    def data_spliced(self) -> None:
+        self.balancer.data_connections["spliced"] += 1
 
     def _close_data(self) -> None:
         if self.data is not None:
             self.data.close()
             self.data = None
 
-    # -- timers, tasks, the end
+    # -- timers, the end
 
     def _arm_timer(self) -> None:
         if self.core is None or self.closed:
@@ -547,13 +516,7 @@ class ControlSession:
 
     def _tick(self) -> None:
         self._timer = None
-        if self.core is not None and not self.closed:
-            self.run(self.core.tick(self.loop.time()))
-
-    def _spawn(self, coro: Any) -> None:
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.event(Tick(self.loop.time()))
 
     def close(self, reason: str) -> None:
         if self.closed:
@@ -562,8 +525,7 @@ class ControlSession:
         self.end_reason = reason
         if self._timer is not None:
             self._timer.cancel()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
         # A transfer in progress may outlive the control connection briefly;
         # dropping it is what a server does when its control connection dies.
         self._close_data()
@@ -589,18 +551,21 @@ class ControlSession:
 class InspectBalancer:
     """Owns inspect mode's control listener, the data port pool and the sessions."""
 
-    def __init__(self, config: Config, pool: Pool, shared: Shared | None = None) -> None:
+    def __init__(
+        self, config: Config, pool: Pool, shared: Shared | None = None, splice: bool = True
+    ) -> None:
         self.config = config
         self.pool = pool
         self.shared = shared or Shared(login_ring=config.balancer.max_login_failures)
+        self.splice = splice
+        """Plain data channels may be handed to the kernel (io/splice.py)."""
         b = config.balancer
         # Each worker listens on its own slice: a data connection reaches the
         # worker that announced the port.
         self.ports = DataPorts(b.data_ports.slice(self.shared.worker, self.shared.workers))
         self.servers: list[asyncio.Server] = []
         self.sessions: set[ControlSession] = set()
-        self.control_sessions = 0
-        self.sessions_total = 0
+        self.counts = SessionCounts(self.shared)
         self.per_ip: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.logins: Counter[str] = Counter()
@@ -611,32 +576,28 @@ class InspectBalancer:
         self.loop = asyncio.get_running_loop()
         """Kept: asking asyncio for it costs a getpid() system call on Python 3.11."""
 
+    @property
+    def control_sessions(self) -> int:
+        return self.counts.current
+
     async def start(self) -> None:
-        loop = self.loop
-        listen = self.config.balancer.listen
-        reuse_port = self.shared.workers > 1  # each worker binds; the kernel spreads
-        server = await loop.create_server(
-            self._factory,
-            listen.host,
-            listen.port,
-            reuse_address=True,
-            reuse_port=reuse_port,
-            backlog=self.config.balancer.listen_backlog(),
+        config = self.config
+        backlog = config.balancer.listen_backlog()
+        self.servers.append(
+            await listen(self.loop, config.balancer.listen, self._factory, self.shared, backlog)
         )
-        self.servers.append(server)
-        implicit = self.config.tls.implicit_listen
+        implicit = config.tls.implicit_listen
         if implicit is not None and self.tls is not None:
             # Implicit FTPS: TLS from the first byte, then the same session.
             self.servers.append(
-                await loop.create_server(
+                await listen(
+                    self.loop,
+                    implicit,
                     lambda: ControlSession(self, implicit=True).client,
-                    implicit.host,
-                    implicit.port,
-                    reuse_address=True,
-                    reuse_port=reuse_port,
-                    backlog=self.config.balancer.listen_backlog(),
-                    ssl=self.tls,
-                    ssl_handshake_timeout=self.config.tls.handshake_timeout,
+                    self.shared,
+                    backlog,
+                    self.tls,
+                    config.tls.handshake_timeout,
                 )
             )
             log.info("inspect mode: implicit FTPS on %s", implicit)
@@ -644,9 +605,9 @@ class InspectBalancer:
             control_listener(each, oob_inline=True)  # ABOR arrives as urgent data
         log.info(
             "inspect mode: control on %s, data ports %s, clients are told %s",
-            listen,
-            self.config.balancer.data_ports,
-            self.config.balancer.public_address,
+            config.balancer.listen,
+            config.balancer.data_ports,
+            config.balancer.public_address,
         )
 
     def _factory(self) -> asyncio.Protocol:
@@ -667,7 +628,7 @@ class InspectBalancer:
         self.backend_tls = backend_context(self.config) if t.backend_tls != "off" else None
 
     def control_sockets(self) -> list[socket.socket]:
-        return [sock for server in self.servers for sock in server.sockets]
+        return sockets_of(*self.servers)
 
     def stop_accepting(self) -> None:
         for server in self.servers:
@@ -681,42 +642,47 @@ class InspectBalancer:
         for session in list(self.sessions):
             session.close("balancer stopping")
 
+    def stats(self) -> dict[str, Any]:
+        """Counters for the admin API (admin/source.py)."""
+        return {
+            "sessions": self.counts.current,
+            "sessions_total": self.counts.total,
+            "rejected": dict(self.rejected),
+            "data_connections": dict(self.data_connections),
+            "logins": dict(self.logins),
+            "transfers": dict(self.transfers),
+            "banned": len(self.shared.logins.bans(self.loop.time())),
+        }
+
     # -- admission and choice
 
     def admit(self, session: ControlSession) -> str:
         """'' to let the session in, else the 421 text."""
         b = self.config.balancer
         ip = session.client_addr[0]
-        now = self.loop.time()
-        if self.shared.logins.banned(ip, now):
+        if self.shared.logins.banned(ip, self.loop.time()):
             self.rejected["banned"] += 1
             return "Too many failed logins from your address, try again later."
-        if self.shared.sessions.total("") >= b.max_sessions:
+        if self.counts.full(b.max_sessions):
             self.rejected["max_sessions"] += 1
             return "Too many sessions, try again later"
         if b.max_per_ip and self.shared.per_ip.total(ip) >= b.max_per_ip:
             self.rejected["max_per_ip"] += 1
             return "Too many sessions from your address."
-        self.control_sessions += 1
-        self.sessions_total += 1
+        self.counts.opened()
         self.per_ip[ip] += 1
-        self.shared.sessions.add("", 1)
         self.shared.per_ip.add(ip, 1)
         return ""
 
     def choose(
-        self, session: ControlSession, user: str | None, exclude: set[str] | None = None
+        self, session: ControlSession, user: str | None, exclude: set[str]
     ) -> Backend | None:
-        exclude = exclude or set()
         if user is not None:
             pinned = self.pool.by_name.get(self.config.users.get(user, ""))
             if pinned is not None and pinned.available and pinned.name not in exclude:
                 return pinned
         key = user if user is not None and self.config.balancer.balance == "user" else None
         return self.pool.choose(session.client_addr[0], key=key, exclude=exclude)
-
-    def data_spliced(self) -> None:
-        self.data_connections["spliced"] += 1
 
     def login_result(self, session: ControlSession, ok: bool, user: str) -> None:
         self.logins["success" if ok else "failure"] += 1
@@ -733,32 +699,30 @@ class InspectBalancer:
             log.warning(
                 "client %s banned for %gs after %d failed logins",
                 ip,
-                self.config.balancer.ban_time,
-                self.config.balancer.max_login_failures,
+                b.ban_time,
+                b.max_login_failures,
             )
 
     def retire_if_idle(self, backend: Backend) -> None:
-        """A backend removed by reload goes once its last session has."""
-        if backend.retired and backend.sessions == 0 and backend in self.pool.retired:
-            self.pool.retired.remove(backend)
+        if self.pool.retire_if_idle(backend):
             log.info("backend %s retired", backend.name)
 
     def session_closed(self, session: ControlSession) -> None:
         self.sessions.discard(session)
         if session.counted:
             ip = session.client_addr[0]
-            self.control_sessions -= 1
-            self.shared.sessions.add("", -1)
+            self.counts.closed()
             self.shared.per_ip.add(ip, -1)
             self.per_ip[ip] -= 1
             if self.per_ip[ip] <= 0:
                 del self.per_ip[ip]
-            if session.backend is not None:
-                session.backend.sessions -= 1
-                self.retire_if_idle(session.backend)
-                session.backend.bytes_in += session.client.bytes_read
+            backend = session.backend
+            if backend is not None:
+                self.pool.release(backend)
+                self.retire_if_idle(backend)
+                backend.bytes_in += session.client.bytes_read
                 if session.backend_side is not None:
-                    session.backend.bytes_out += session.backend_side.bytes_read
+                    backend.bytes_out += session.backend_side.bytes_read
         log.info("%s", session.log_line())
 
 
@@ -767,37 +731,3 @@ def _family(host: str) -> int:
         return ipaddress.ip_address(host).version
     except ValueError:
         return 0
-
-
-def server_context(config: Config) -> ssl.SSLContext:
-    """The balancer's TLS server context, shared by control and data connections
-    (one context: its session cache lets data connections resume the control one)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    load_server_certificate(context, config)
-    return context
-
-
-def load_server_certificate(context: ssl.SSLContext, config: Config) -> None:
-    """The certificate, key and lowest version of [tls]; again on reload (a renewed
-    certificate at the same path is read then)."""
-    t = config.tls
-    context.minimum_version = (
-        ssl.TLSVersion.TLSv1_3 if t.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    )
-    context.load_cert_chain(t.cert, t.key or None)
-
-
-def backend_context(config: Config) -> ssl.SSLContext:
-    """The balancer as a TLS client of its backends (one context: its sessions
-    are what the data connections resume)."""
-    t = config.tls
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if not t.backend_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    elif t.backend_ca:
-        context.load_verify_locations(cafile=t.backend_ca)
-    else:
-        context.load_default_certs()
-    return context

@@ -25,13 +25,34 @@ DRAIN_TIMEOUT = 30.0
 """Seconds a closing TLS side may take to send what it still holds."""
 
 
-class Endpoint(asyncio.Protocol):
+class Side(asyncio.Protocol):
+    """One socket with bounded write buffering, as every socket of ours is: past
+    HIGH_WATER asyncio calls `pause_writing` and whoever writes to it must stop
+    reading what it would write (the relay: the other socket; inspect mode's
+    control sessions: the client and the backend) until `resume_writing`."""
+
+    __slots__ = ("bytes_read", "transport")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.bytes_read = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        self.made()
+
+    def made(self) -> None:
+        """Connected (reading may be paused here: nothing was read yet)."""
+
+
+class Endpoint(Side):
     """One socket of a relay."""
 
     # Thousands of idle sessions: no per-instance dict.
     __slots__ = (
         "_paused_peer",
-        "bytes_read",
         "closed",
         "draining",
         "early",
@@ -39,27 +60,22 @@ class Endpoint(asyncio.Protocol):
         "peer",
         "relay",
         "side",
-        "transport",
     )
 
     def __init__(self, relay: Relay, side: int) -> None:
+        super().__init__()
         self.relay = relay
         self.side = side  # 0: the client, 1: the backend
-        self.transport: asyncio.Transport | None = None
         self.peer: Endpoint | None = None
         self.eof = False
         self.closed = False
         self.draining = False
-        self.bytes_read = 0
         self.early: list[bytes] = []
         self._paused_peer = False
 
     # -- asyncio callbacks
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement the interface without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+    def made(self) -> None:
         self.relay.endpoint_made(self)
 
     def data_received(self, data: bytes) -> None:
@@ -80,7 +96,7 @@ class Endpoint(asyncio.Protocol):
                 relay.backend_spoke()
         elif peer.transport is not None and not peer.closed:
             peer.transport.write(data)
-            if relay.splice_check is not None and self.bytes_read + peer.bytes_read >= SPLICE_AFTER:
+            if relay.splice_pending and self.bytes_read + peer.bytes_read >= SPLICE_AFTER:
                 relay.try_splice()
 
     def eof_received(self) -> bool:
@@ -166,7 +182,7 @@ class Relay:
         "first_bytes",
         "last_activity",
         "on_client",
-        "splice_check",
+        "splice_pending",
         "spliced",
     )
 
@@ -184,9 +200,9 @@ class Relay:
         self.clock: asyncio.AbstractEventLoop | None = None
         """Set by `track_activity`: the loop whose time stamps each read."""
         self.spliced: SplicedPair | None = None
-        self.splice_check: Callable[[], bool] | None = None
-        """Set by `start`: asked, once SPLICE_AFTER bytes have moved, whether the
-        kernel should take over (small transfers never pay splice's setup)."""
+        self.splice_pending = False
+        """Set by `start(splice=True)`: once SPLICE_AFTER bytes have moved, the
+        kernel takes over (small transfers never pay splice's setup)."""
         self.first_bytes: asyncio.Future[None] | None = None
         """Set by whoever waits for the backend to speak before `start` (a greeting)."""
 
@@ -217,7 +233,7 @@ class Relay:
         """Both sockets are open."""
         return all(e.transport is not None and not e.closed for e in (self.client, self.backend))
 
-    def start(self, preamble: bytes = b"", splice: Callable[[], bool] | None = None) -> None:
+    def start(self, preamble: bytes = b"", splice: bool = False) -> None:
         """Both sides are connected: send `preamble` (a PROXY header) to the backend, then
         relay; with `splice`, the kernel may take over a long transfer (io/splice.py)."""
         assert self.backend.transport is not None and self.client.transport is not None
@@ -237,23 +253,20 @@ class Relay:
         if self.client.eof and self.backend.eof:
             self.close("closed")
             return
-        self.splice_check = splice
+        self.splice_pending = splice
         for side in (self.client, self.backend):
             if not side.closed and side.transport is not None:
                 side.transport.resume_reading()
 
     def try_splice(self) -> None:
-        """Hand both sockets to a SplicedPair if the policy says so and nothing is
-        buffered in a transport (it would arrive out of order): else try again
-        on a later chunk. The transports stay paused from then on."""
+        """Hand both sockets to a SplicedPair if nothing is buffered in a transport
+        (it would arrive out of order): else try again on a later chunk. The
+        transports stay paused from then on."""
         ct, bt = self.client.transport, self.backend.transport
         if ct is None or bt is None or ct.get_write_buffer_size() or bt.get_write_buffer_size():
             return
+        self.splice_pending = False
         if self.client.eof or self.backend.eof or self.client.closed or self.backend.closed:
-            self.splice_check = None
-            return
-        check, self.splice_check = self.splice_check, None
-        if check is None or not check():
             return
         self._splice(ct, bt)
 
@@ -318,7 +331,7 @@ class Relay:
         tenth of each session's CPU collecting them."""
         self._on_close = _ignore
         self.on_client = None
-        self.splice_check = None
+        self.splice_pending = False
         for side in (self.client, self.backend):
             side.peer = None
             if side.closed:  # no callback can come any more

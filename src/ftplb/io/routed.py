@@ -17,7 +17,7 @@ from typing import Any
 
 from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config, HostPort
-from ftplb.io import kernel, splice
+from ftplb.io import kernel
 from ftplb.io.relay import (
     Relay,
     control_listener,
@@ -25,6 +25,7 @@ from ftplb.io.relay import (
     local_address,
     peer_address,
 )
+from ftplb.io.sessions import Dialer, SessionCounts, listen, sockets_of
 from ftplb.proto import proxy_protocol
 from ftplb.shared import Shared
 
@@ -44,12 +45,12 @@ class Session:
         "balancer",
         "client_addr",
         "counted",
+        "dialer",
         "implicit",
         "kind",
         "port",
         "relay",
         "started",
-        "tried",
     )
 
     def __init__(
@@ -65,7 +66,8 @@ class Session:
         self._local_addr: tuple[str, int] | None = None
         self.started = 0.0
         self.counted = False
-        self.tried: tuple[str, ...] = ()
+        self.dialer: Dialer | None = None
+        """A control session's way to its backend (redispatch); data sessions have none."""
         self.implicit = False
         self._connect_task: asyncio.Task[None] | None = None
 
@@ -115,22 +117,18 @@ class Session:
             self._connect_task = None
 
     async def _connect(self, backend: Backend, port: int, preamble: bytes) -> None:
-        while True:
+        if self.dialer is None:  # a data connection: its port decides the backend
             reason = await self._try(backend, port, preamble)
-            if not reason:
-                break
-            if self.kind != "control":
+            if reason:
                 self.relay.backend_failed(reason)
                 return
-            # Nothing has reached the client yet: try another backend before
-            # giving up (HAProxy's redispatch).
-            log.warning("backend %s: %s; redispatching", backend.name, reason)
-            other = self.balancer.redispatch(self, backend)
-            if other is None or self.relay.client.closed:
+        else:
+            reached, reason = await self.dialer.connect(backend, self._attempt)
+            self.backend = reached
+            if reached is None:
                 self.refuse(NO_BACKEND_REPLY, reason)
                 return
-            backend, port = other, 0
-            preamble = self.balancer.control_preamble(self, other)
+            preamble = self.balancer.control_preamble(self, reached)
         if self.relay.client.closed:
             # Gone before we reached the backend: by a reset (a FIN keeps the
             # endpoint open until `start`), so the backend is reset too.
@@ -141,7 +139,11 @@ class Session:
         if self.greets:
             preamble = b""  # sent before the greeting
         # Long data transfers: the kernel moves the bytes (io/splice.py).
-        self.relay.start(preamble, splice=splice.wanted if self.kind == "data" else None)
+        self.relay.start(preamble, splice=self.kind == "data" and self.balancer.splice)
+
+    async def _attempt(self, backend: Backend) -> str:
+        """A control connection to `backend` (the header's version is its own)."""
+        return await self._try(backend, 0, self.balancer.control_preamble(self, backend))
 
     @property
     def greets(self) -> bool:
@@ -223,16 +225,19 @@ class Session:
 class RoutedBalancer:
     """Owns the listeners of routed mode and the sessions on them."""
 
-    def __init__(self, config: Config, pool: Pool, shared: Shared | None = None) -> None:
+    def __init__(
+        self, config: Config, pool: Pool, shared: Shared | None = None, splice: bool = True
+    ) -> None:
         self.config = config
         self.pool = pool
         self.shared = shared or Shared()
+        self.splice = splice
+        """Data connections may be handed to the kernel past 1 MiB (io/splice.py)."""
         self.control_server: asyncio.Server | None = None
         self.implicit_server: asyncio.Server | None = None
         self.data_servers: dict[str, list[asyncio.Server]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
-        self.control_sessions = 0
-        self.sessions_total = 0
+        self.counts = SessionCounts(self.shared)
         self.rejected: Counter[str] = Counter()
         self.data_connections: Counter[str] = Counter()
         # (client ip, backend name) -> open data connections: a control session
@@ -242,6 +247,19 @@ class RoutedBalancer:
         self._backlog = config.balancer.listen_backlog()
         self.loop = asyncio.get_running_loop()
         """Kept: asking asyncio for it costs a getpid() system call on Python 3.11."""
+
+    @property
+    def control_sessions(self) -> int:
+        return self.counts.current
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the admin API (admin/source.py)."""
+        return {
+            "sessions": self.counts.current,
+            "sessions_total": self.counts.total,
+            "rejected": dict(self.rejected),
+            "data_connections": dict(self.data_connections),
+        }
 
     # -- listeners
 
@@ -295,14 +313,7 @@ class RoutedBalancer:
             server.close()
 
     async def _listen(self, loop: asyncio.AbstractEventLoop, at: HostPort, factory: Any) -> Any:
-        return await loop.create_server(
-            factory,
-            at.host,
-            at.port,
-            reuse_address=True,
-            reuse_port=self.shared.workers > 1,  # each worker binds; the kernel spreads
-            backlog=self._backlog,
-        )
+        return await listen(loop, at, factory, self.shared, self._backlog)
 
     def _control_factory(self) -> Any:
         session = Session(self, "control", None)
@@ -342,12 +353,7 @@ class RoutedBalancer:
         self._sweeper = loop.call_later(min(timeout / 4, 5.0), self._sweep_idle)
 
     def control_sockets(self) -> list[socket.socket]:
-        return [
-            sock
-            for server in (self.control_server, self.implicit_server)
-            if server is not None
-            for sock in server.sockets
-        ]
+        return sockets_of(self.control_server, self.implicit_server)
 
     def stop_accepting(self) -> None:
         """No new sessions; data listeners stay for the sessions in progress."""
@@ -389,11 +395,9 @@ class RoutedBalancer:
 
     def retire_when_idle(self, backend: Backend) -> None:
         """A backend removed by reload: its listeners go when its last session does."""
-        if backend.sessions == 0 and not self._has_data(backend):
+        if self.pool.retire_if_idle(backend, busy=self._has_data(backend)):
             self.close_data_listeners(backend)
-            if backend in self.pool.retired:
-                self.pool.retired.remove(backend)
-                log.info("backend %s retired", backend.name)
+            log.info("backend %s retired", backend.name)
 
     def _has_data(self, backend: Backend) -> bool:
         return any(name == backend.name for _, name in self._data_by_client)
@@ -409,56 +413,34 @@ class RoutedBalancer:
             self.data_connections["inbound"] += 1
             self._data_by_client[(client_ip, backend.name)] += 1
             self.shared.data_by_client.add(f"{client_ip}|{backend.name}", 1)
+            version = self.config.data_proxy_version(backend.config)
             header = b""
-            if backend.config.send_proxy_data:
-                version = self.config.proxy_version(backend.config)
-                header = proxy_protocol.encode(
-                    version if version != "off" else "v1", session.client_addr, session.local_addr
-                )
+            if version != "off":
+                header = proxy_protocol.encode(version, session.client_addr, session.local_addr)
             session.connect(backend, session.port, header)
             return
 
-        if self.shared.sessions.total("") >= self.config.balancer.max_sessions:
+        if self.counts.full(self.config.balancer.max_sessions):
             self.rejected["max_sessions"] += 1
             session.refuse(TOO_MANY_REPLY, "max_sessions reached")
             return
-        backend = self.pool.choose(client_ip)
+        dialer = session.dialer = Dialer(
+            self.pool, lambda tried: self.pool.choose(client_ip, exclude=tried)
+        )
+        backend = dialer.first()
         if backend is None:
             self.rejected["no_backend"] += 1
             session.refuse(NO_BACKEND_REPLY, "no healthy backend")
             return
         session.counted = True
-        self.control_sessions += 1
-        self.shared.sessions.add("", 1)
-        self.sessions_total += 1
-        self._assign(session, backend)
-        header = self.control_preamble(session, backend)
-        session.connect(backend, 0, header)
-        session.start_idle_clock()
-
-    def _assign(self, session: Session, backend: Backend) -> None:
+        self.counts.opened()
         session.backend = backend
-        session.tried += (backend.name,)
-        backend.sessions += 1
-        backend.sessions_total += 1
+        session.connect(backend, 0, b"")  # its header is made per attempt
+        session.start_idle_clock()
 
     def control_preamble(self, session: Session, backend: Backend) -> bytes:
         version = self.config.proxy_version(backend.config)
         return proxy_protocol.encode(version, session.client_addr, session.local_addr)
-
-    def redispatch(self, session: Session, failed: Backend) -> Backend | None:
-        """Move a session whose backend refused the connection to another one."""
-        failed.sessions -= 1
-        failed.connect_failures_total += 1
-        other = self.pool.choose(session.client_addr[0], exclude=session.tried)
-        if other is None:
-            session.backend = None
-            session.counted = False
-            self.control_sessions -= 1
-            self.shared.sessions.add("", -1)
-            return None
-        self._assign(session, other)
-        return other
 
     def session_closed(self, session: Session) -> None:
         self._sessions.discard(session)
@@ -474,10 +456,10 @@ class RoutedBalancer:
             if self._data_by_client[key] <= 0:
                 del self._data_by_client[key]
             self.shared.data_by_client.add(f"{key[0]}|{key[1]}", -1)
-        if session.counted and backend is not None:
-            self.control_sessions -= 1
-            self.shared.sessions.add("", -1)
-            backend.sessions -= 1
+        if session.counted:
+            self.counts.closed()
+            if backend is not None:
+                self.pool.release(backend)
         if backend is not None and backend.retired:
             self.retire_when_idle(backend)
         log.info("%s", session.log_line())

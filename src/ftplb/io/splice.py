@@ -24,23 +24,22 @@ import errno
 import fcntl
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 PIPE_SIZE = 256 * 1024
 """Per direction; the same bound as the Protocol relay's HIGH_WATER. Pipes
 beyond a user's pipe-user-pages-soft keep the default 64 KiB."""
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
-MODE = os.environ.get("FTPLB_SPLICE", "auto") if hasattr(os, "splice") else "0"
-
 SPLICE_AFTER = 1024 * 1024
 """Bytes a data connection moves through the Protocol relay before the kernel
 may take over: a directory listing or a small file never pays for two pipes."""
 
 
-def wanted() -> bool:
-    """Splice a data connection that has moved SPLICE_AFTER bytes?"""
-    return MODE != "0"
+def enabled(environ: Mapping[str, str] = os.environ) -> bool:
+    """FTPLB_SPLICE: `auto` or `1` (splice a data connection that has moved
+    SPLICE_AFTER bytes), `0` (never). Read once, when the balancer starts."""
+    return hasattr(os, "splice") and environ.get("FTPLB_SPLICE", "auto") != "0"
 
 
 ERROR_CHECK = 1.0

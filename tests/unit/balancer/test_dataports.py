@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from ftplb.balancer.dataports import DataPorts
 from ftplb.config import PortRange
-from ftplb.io.data import DataPorts
 
 
 def test_round_robin_skips_ports_taken_and_wraps() -> None:
