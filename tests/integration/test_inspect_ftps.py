@@ -25,6 +25,7 @@ from tests.cluster import (
 )
 from tests.conftest import need
 from tests.integration.test_routed_ftps import (
+    CURL_UPLOAD_TLS,
     ReusingFTP_TLS,
     lftp_tls_get,
     tls_context,
@@ -82,7 +83,7 @@ def test_explicit_ftps_every_data_mode(
     assert sha256(curl(*flags, url + "data.bin")) == sha256(DATA)
     payload = os.urandom(250_000)
     (tmp_path / "up.bin").write_bytes(payload)
-    curl(*flags, "-T", str(tmp_path / "up.bin"), url + f"up-{mode}.bin")
+    curl(*flags, *CURL_UPLOAD_TLS, "-T", str(tmp_path / "up.bin"), url + f"up-{mode}.bin")
     found = [b.root / f"up-{mode}.bin" for b in c.backends if (b.root / f"up-{mode}.bin").exists()]
     assert len(found) == 1 and found[0].read_bytes() == payload
 

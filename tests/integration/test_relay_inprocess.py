@@ -170,10 +170,16 @@ def pool_sessions(balancer: RoutedBalancer) -> int:
     return balancer.pool.sessions
 
 
-async def data_through_balancer(handler, client, splice: bool = True):  # type: ignore[no-untyped-def]
-    """Run `client(reader, writer)` against a passive port whose backend side is `handler`."""
+async def data_through_balancer(handler, client, splice: bool = True, rcvbuf: int = 0):  # type: ignore[no-untyped-def]
+    """Run `client(reader, writer)` against a passive port whose backend side is
+    `handler` (with `rcvbuf`, its sockets' receive buffers are that small)."""
     backend, balancer, _, passive = await run_with_backend(handler, splice=splice)
-    recorder = await asyncio.start_server(handler, "127.0.1.1", passive)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if rcvbuf:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    listener.bind(("127.0.1.1", passive))
+    recorder = await asyncio.start_server(handler, sock=listener)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", passive)
         await client(reader, writer)
@@ -256,6 +262,55 @@ def test_spliced_backend_reset_reaches_the_client(
         balancer = await data_through_balancer(reset_midway, read_short)
         assert not balancer._sessions
         assert balancer.spliced_total == 1
+
+    run(main(), loop)
+
+
+@LOOPS
+@pytest.mark.parametrize("ended_first", [True, False])
+def test_an_upload_that_ends_then_resets_arrives_whole(loop: str, ended_first: bool) -> None:
+    """A client that half-closes its upload and then resets sent everything: the
+    backend gets it all and a clean end. One that resets without ending its
+    stream is cut: the backend sees a reset, never a clean end."""
+    payload = bytes(range(256)) * 2000  # under SPLICE_AFTER: the Protocol relay
+
+    async def main() -> None:
+        outcome: asyncio.Queue[tuple[bytes, str]] = asyncio.Queue()
+
+        async def receiver(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.transport.pause_reading()
+            await asyncio.sleep(0.5)  # a slow backend: the end and the reset come first
+            writer.transport.resume_reading()
+            got = b""
+            try:
+                while chunk := await reader.read(65536):
+                    got += chunk
+                ending = "eof"
+            except ConnectionResetError:
+                ending = "reset"
+            await outcome.put((got, ending))
+            writer.close()
+
+        async def send_then_reset(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            writer.write(payload)
+            await writer.drain()
+            if ended_first:
+                writer.write_eof()
+            await asyncio.sleep(0.2)  # everything relayed by now
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+
+        # The backend takes little at a time: the relay still holds bytes for it
+        # when the client's end and reset arrive.
+        await data_through_balancer(receiver, send_then_reset, splice=False, rcvbuf=4096)
+        got, ending = await asyncio.wait_for(outcome.get(), 10)
+        if ended_first:
+            assert (got == payload, ending) == (True, "eof")
+        else:  # cut short: what arrived is a prefix, and it ends in a reset
+            assert payload.startswith(got) and ending == "reset"
 
     run(main(), loop)
 

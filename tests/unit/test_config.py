@@ -435,7 +435,7 @@ def test_backlog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     b = load_config(write(tmp_path, GOOD)).balancer
     assert b.backlog == 0
     somaxconn = tmp_path / "somaxconn"
-    monkeypatch.setattr(ftplb.config, "SOMAXCONN", str(somaxconn))
+    monkeypatch.setattr(ftplb.config.model, "SOMAXCONN", str(somaxconn))
     somaxconn.write_text("8192\n")
     assert b.listen_backlog() == 8192
     somaxconn.write_text("garbage")

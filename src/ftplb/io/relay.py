@@ -144,6 +144,8 @@ class Endpoint(Side):
         transport = self.transport
         if transport is None or self.closed:
             return
+        if transport.is_closing() and not abort:
+            return  # closing already (a TLS side after close_notify: asking it more raises)
         if abort:
             reset(transport)
         elif self.draining:
@@ -301,7 +303,10 @@ class Relay:
         if peer.transport is not None and not peer.closed:
             # A reset is passed on as a reset so the other side knows the
             # stream is incomplete; a clean close flushes what is buffered.
-            peer.close(abort=exc is not None)
+            # A side that ended its stream first (EOF, or TLS close_notify) and
+            # then reset (curl does, over unread TLS 1.3 tickets) sent all it
+            # meant to: what it sent is delivered and ended cleanly.
+            peer.close(abort=exc is not None and not endpoint.eof)
         self._maybe_done()
 
     def close(self, reason: str, abort: bool = False) -> None:

@@ -117,3 +117,14 @@ def same_host(a: str, b: str) -> bool:
     if isinstance(y, ipaddress.IPv6Address) and y.ipv4_mapped:
         y = y.ipv4_mapped
     return x == y
+
+
+def hide(text: str, host: str, public: str) -> str:
+    """`text` with the address `host` replaced by `public`, dotted and in PASV's
+    comma form with a port after it (h1,h2,h3,h4,p1,p2); never inside a longer
+    number (10.0.0.5 is not hidden in 10.0.0.55)."""
+    text = re.sub(rf"(?<![\d.:]){re.escape(host)}(?![\d])", public, text)
+    if "." in host and "." in public:
+        commas = host.replace(".", ",")
+        text = re.sub(rf"(?<![\d,]){re.escape(commas)}(?=,\d)", public.replace(".", ","), text)
+    return text

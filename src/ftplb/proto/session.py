@@ -20,13 +20,13 @@ No sockets, no asyncio, no clock: every event carries `now`.
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
+from ftplb.config.model import BackendTLSMode
 from ftplb.errors import ProtocolError
-from ftplb.proto import addresses
+from ftplb.proto import addresses, events
 from ftplb.proto.commands import (
     Close,
     CloseData,
@@ -43,27 +43,6 @@ from ftplb.proto.commands import (
     StartBackendTLS,
     StartClientTLS,
     Transferred,
-)
-from ftplb.proto.events import (
-    BackendClosed,
-    BackendConnected,
-    BackendData,
-    BackendFailed,
-    BackendTLSFailed,
-    BackendTLSReady,
-    ClientClosed,
-    ClientData,
-    DataClientConnected,
-    DataClosed,
-    DataFailed,
-    DataListenFailed,
-    DataListening,
-    DataOpened,
-    DataRefused,
-    Event,
-    Resume,
-    Start,
-    Tick,
 )
 from ftplb.proto.ftp import (
     TRANSFER_COMMANDS,
@@ -96,7 +75,7 @@ class SessionSettings:
     """Refuse USER before AUTH TLS."""
     implicit_tls: bool = False
     """The control connection is TLS from its first byte (port 990)."""
-    backend_tls: str = "off"
+    backend_tls: BackendTLSMode = "off"
     """TLS toward the backend: "off", "on", or "match" (when the client uses TLS).
     The session sends AUTH TLS, PBSZ 0 and PROT P itself; the client never sees them."""
 
@@ -241,59 +220,59 @@ class InspectSession:
 
     # --- the one entry point ---------------------------------------------------
 
-    def handle(self, event: Event) -> list[Cmd]:
+    def handle(self, event: events.Event) -> list[Cmd]:
         match event:
-            case ClientData(data, now):
+            case events.ClientData(data, now):
                 self._last_activity = now
                 self._lines.feed(data)
                 return self._pump(now)
-            case BackendData(data, now):
+            case events.BackendData(data, now):
                 self._last_activity = now
                 return self._backend_data(data, now)
-            case Resume(now):
+            case events.Resume(now):
                 return self._pump(now)
-            case Tick(now):
+            case events.Tick(now):
                 return self._tick(now)
-            case Start(now):
+            case events.Start(now):
                 return self._start(now)
-            case BackendConnected(name, host, now):
+            case events.BackendConnected(name, host, now):
                 self.backend_name, self.backend_host = name, host
                 self.phase = Phase.GREETING
                 self._last_activity = now
                 self._greeting_deadline = now + self.settings.greeting_timeout
                 return []
-            case BackendFailed(reason):
+            case events.BackendFailed(reason):
                 self.phase = Phase.CLOSED
                 return [SendClient(reply(421, "Service not available")), Close(reason)]
-            case BackendClosed():
+            case events.BackendClosed():
                 return self._backend_closed()
-            case ClientClosed():
+            case events.ClientClosed():
                 return self._abandoned_login() if self.phase != Phase.CLOSED else []
-            case BackendTLSReady():
+            case events.BackendTLSReady():
                 self._expect.append(BackendTLSStep(TLSStep.PBSZ))
                 return [SendBackend(b"PBSZ 0\r\n")]
-            case BackendTLSFailed(reason):
+            case events.BackendTLSFailed(reason):
                 return self._backend_tls_failed(reason)
-            case DataListening(port, now):
+            case events.DataListening(port, now):
                 return self._data_listening(port, now)
-            case DataListenFailed(now):
+            case events.DataListenFailed(now):
                 self.wait = Wait.NOTHING
                 failed = SendClient(reply(425, "Cannot open a passive data port, try again."))
                 return [failed, *self._pump(now)]
-            case DataRefused(reason):
+            case events.DataRefused(reason):
                 # The backend's side was dropped too, so the transfer fails there:
                 # its final reply becomes our 522 (one reply per command).
                 self._refusal = reason
                 return []
-            case DataClientConnected(now):
+            case events.DataClientConnected(now):
                 return self._data_client_connected(now)
-            case DataOpened(now):
+            case events.DataOpened(now):
                 self.data_open += 1
                 self._last_activity = now
                 return []
-            case DataFailed(now):
+            case events.DataFailed(now):
                 return self._data_failed(now)
-            case DataClosed(bytes_up, bytes_down, now):
+            case events.DataClosed(bytes_up, bytes_down, now):
                 return self._data_closed(bytes_up, bytes_down, now)
         raise TypeError(f"not an inspect-session event: {event!r}")
 
@@ -755,15 +734,8 @@ class InspectSession:
 
     def _for_client(self, r: Reply) -> bytes:
         """The reply as the client gets it: no backend address in the replies that
-        may carry one (in dotted and in PASV's comma form)."""
+        may name the server (others may hold a path that looks like an address)."""
         text = "\r\n".join(r.lines) + "\r\n"
-        host = self.backend_host
-        if host and r.code in _SCRUBBED:
-            public = self.settings.public_address
-            pattern = rf"(?<![\d.:]){re.escape(host)}(?![\d])"
-            text = re.sub(pattern, public, text)
-            if "." in host and "." in public:
-                commas = host.replace(".", ",")
-                pattern = rf"(?<![\d,]){re.escape(commas)}(?=,\d)"
-                text = re.sub(pattern, public.replace(".", ","), text)
+        if self.backend_host and r.code in _SCRUBBED:
+            text = addresses.hide(text, self.backend_host, self.settings.public_address)
         return text.encode("utf-8", "surrogateescape")

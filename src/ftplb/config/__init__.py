@@ -1,0 +1,33 @@
+"""TOML configuration -> frozen, validated objects (config/model.py), read and
+checked by config/load.py; single values by config/values.py."""
+
+from ftplb.config.load import load_config, parse_config
+from ftplb.config.model import (
+    AdminConfig,
+    BackendConfig,
+    BalancerConfig,
+    Config,
+    HealthConfig,
+    HostPort,
+    LogConfig,
+    PortRange,
+    TlsConfig,
+)
+from ftplb.config.values import parse_host_port, parse_ip, parse_port_range
+
+__all__ = [
+    "AdminConfig",
+    "BackendConfig",
+    "BalancerConfig",
+    "Config",
+    "HealthConfig",
+    "HostPort",
+    "LogConfig",
+    "PortRange",
+    "TlsConfig",
+    "load_config",
+    "parse_config",
+    "parse_host_port",
+    "parse_ip",
+    "parse_port_range",
+]
