@@ -14,7 +14,7 @@ DEB_PACKAGES := curl lftp vsftpd haproxy iproute2 nftables iptables openssl chro
 UNPACKED := proftpd-core pure-ftpd proftpd-mod-proxy
 DEPS_ROOT := .deps/root
 
-.PHONY: demo test lint typecheck unit bench deps venv clean
+.PHONY: demo test lint typecheck unit bench soak deps venv clean
 
 $(BIN)/ftplb: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ bench: deps venv
 	$(BIN)/python bench/sessions.py --write-docs
 	$(BIN)/python bench/splice.py --write-docs
 	$(BIN)/python bench/netns.py --write-docs
+
+# Load with faults (bench/soak.py): SOAK_SECONDS per mode (default 300), then the
+# same load without faults beside HAProxy; fails if a check does not hold.
+soak: deps venv
+	$(BIN)/python bench/soak.py --seconds $${SOAK_SECONDS:-300} $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .deps build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

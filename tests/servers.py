@@ -34,14 +34,16 @@ def unpacked(path: str) -> str:
     return need(os.path.basename(path))
 
 
-def add_server(cluster: Cluster, kind: str) -> tuple[Backend, tuple[str, str]]:
+def add_server(
+    cluster: Cluster, kind: str, extra: tuple[str, ...] = ()
+) -> tuple[Backend, tuple[str, str]]:
     """Start one server of `kind`; returns it and the login that works on it.
-    Every server has a writable `incoming/` directory."""
+    Every server has a writable `incoming/` directory. `extra`: vsftpd.conf lines."""
     if kind == "pyftpdlib":
         b = cluster.add_backend(proxy_protocol=False, passive_size=None, masquerade=None)
         login = (USER, PASSWORD)
     elif kind == "vsftpd":
-        b = cluster.add_vsftpd(unmodified=True)
+        b = cluster.add_vsftpd(unmodified=True, extra=extra)
         login = ("anonymous", "guest")
     elif kind == "proftpd":
         b = _proftpd(cluster)
@@ -111,6 +113,7 @@ def _proftpd(cluster: Cluster) -> Backend:
                 "DefaultRoot ~",
                 "Umask 022",
                 "AllowOverwrite on",
+                "AllowStoreRestart on",  # APPE and REST + STOR (off by default)
                 "MaxInstances 200",
                 "TimeoutIdle 60",
                 "",

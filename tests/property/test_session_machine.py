@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from ftplb.proto.commands import (
+    AbortBackend,
     Close,
     CloseData,
     Cmd,
@@ -146,6 +147,8 @@ class InspectCore(RuleBasedStateMachine):
                     self.finals += len([c for c in final_codes(data) if c != 421])
                 case SendBackend(data):
                     self.backend_owes.append(data.rstrip(b"\r\n"))
+                case AbortBackend():
+                    self.backend_owes.append(b"ABOR")
                 case ListenData():
                     self.listen = cmd
                 case ConnectClientData():

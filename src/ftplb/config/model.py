@@ -95,8 +95,8 @@ class BalancerConfig:
     login_timeout: float = 60.0
     """Inspect mode: seconds a client has to log in."""
     greeting_timeout: float = 0.0
-    """Inspect mode: seconds a backend that accepted the connection has to greet
-    with 220 before the session goes to another backend; 0: health.timeout."""
+    """Seconds a backend that accepted the control connection has to greet with
+    220 before the session goes to another backend; 0: three health timeouts."""
     max_per_ip: int = 0
     """Inspect mode: concurrent sessions from one client address (0: no limit)."""
     max_login_failures: int = 5
@@ -228,7 +228,10 @@ class Config:
 
     def greeting_timeout(self) -> float:
         """How long a backend may take to greet (a frozen one is given up after it)."""
-        return self.balancer.greeting_timeout or self.health.timeout
+        # Three health timeouts: a frozen backend is given up within seconds,
+        # one that is only slow to greet is not (ProFTPD pauses after each
+        # session ends; a server doing reverse DNS takes its time).
+        return self.balancer.greeting_timeout or 3 * self.health.timeout
 
     def proxy_version(self, backend: BackendConfig) -> ProxyVersion:
         """The PROXY protocol version sent to `backend` on its control connection."""

@@ -6,8 +6,11 @@ socket turns what happens into events (proto/events.py) for the session's core
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
+import os
+import socket
 import ssl
 from collections import Counter
 from typing import Protocol
@@ -236,6 +239,8 @@ class ControlSession:
             case commands.SendBackend(data):
                 if self.backend_side is not None and self.backend_side.transport is not None:
                     self.backend_side.transport.write(data)
+            case commands.AbortBackend():
+                self._abort_backend()
             case commands.ConnectBackend(user):
                 self._user = user
                 self._connect(self.dialer.first())
@@ -345,6 +350,26 @@ class ControlSession:
         peer = side.transport.get_extra_info("peername")
         self.event(events.BackendConnected(backend.name, peer[0], self.loop.time()))
 
+    def _abort_backend(self) -> None:
+        """ABOR with Telnet IP and Synch before it (RFC 959 4.1.3): the DM byte
+        goes as urgent data, on a duplicate of the socket (transports cannot
+        send urgent data). Only while nothing waits in the transport, or the
+        bytes would overtake it, and never over TLS (it would cut a record)."""
+        side = self.backend_side
+        if side is None or side.transport is None:
+            return
+        transport = side.transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and self.backend_ssl is None and not transport.get_write_buffer_size():
+            with contextlib.suppress(OSError):
+                dup = socket.socket(fileno=os.dup(sock.fileno()))
+                try:
+                    dup.send(b"\xff\xf4\xff")  # IAC IP IAC
+                    dup.send(b"\xf2", socket.MSG_OOB)  # DM: the urgent byte
+                finally:
+                    dup.close()
+        transport.write(b"ABOR\r\n")
+
     def _drop_backend(self) -> None:
         """The backend never greeted properly: its connection goes (redispatch)."""
         side, self.backend_side = self.backend_side, None
@@ -451,6 +476,9 @@ class ControlSession:
 
     def data_client_connected(self) -> None:
         self.event(events.DataClientConnected(self.loop.time()))
+
+    def data_client_accepted(self) -> None:
+        self.event(events.DataClientAccepted(self.loop.time()))
 
     def data_opened(self) -> None:
         if self.data is not None:

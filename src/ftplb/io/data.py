@@ -40,6 +40,9 @@ class DataOwner(Protocol):
     def data_client_connected(self) -> None:
         """Active mode: our TCP connection to the client exists."""
 
+    def data_client_accepted(self) -> None:
+        """Passive mode: the client connected; the backend's side is on its way."""
+
     def data_opened(self) -> None:
         """Both sides are connected and joined."""
 
@@ -183,6 +186,7 @@ class DataChannel:
         self.relay = relay
         self._stop_listening()
         self.connect_backend(backend)
+        self.owner.data_client_accepted()
 
     def _tls_accepted_raw(
         self, transport: asyncio.Transport, client_ip: str, backend: tuple[str, int]
@@ -202,6 +206,7 @@ class DataChannel:
         protocol.connection_made(transport)
         self._stop_listening()
         self.connect_backend(backend)
+        self.owner.data_client_accepted()
         self._tasks.spawn(self._handshake(transport, handshake, "client data TLS handshake"))
 
     async def _handshake(

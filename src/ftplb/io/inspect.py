@@ -76,7 +76,7 @@ class InspectBalancer:
             )
             log.info("inspect mode: implicit FTPS on %s", implicit)
         for each in self.servers:
-            control_listener(each, oob_inline=True)  # ABOR arrives as urgent data
+            control_listener(each)
         log.info(
             "inspect mode: control on %s, data ports %s, clients are told %s",
             config.balancer.listen,

@@ -450,15 +450,17 @@ def _unmap(addr: tuple[str, int] | tuple[str, int, int, int]) -> tuple[str, int]
     return host, addr[1]
 
 
-def control_listener(server: asyncio.Server, oob_inline: bool = False) -> None:
+def control_listener(server: asyncio.Server) -> None:
     """Options of a control listener that its accepted sockets inherit (Linux):
-    keepalive (dead peers are found eventually) and, for a reader of the
-    control channel, urgent data kept in the stream (ABOR arrives so). Set
-    once here, not per connection."""
+    keepalive (dead peers are found eventually), and urgent data kept in the
+    stream: clients send ABOR (or its Telnet Synch) as urgent data, and without
+    SO_OOBINLINE the kernel takes the urgent byte out of the stream, so the
+    command's last byte would never be read, nor relayed in routed mode (ftplib's
+    ABOR then reached the backend without its line end). Set once here, not per
+    connection."""
     for sock in server.sockets:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if oob_inline:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
 
 
 def enable_keepalive(transport: asyncio.BaseTransport) -> None:

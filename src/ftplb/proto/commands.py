@@ -22,6 +22,14 @@ class SendBackend:
 
 
 @dataclass(frozen=True)
+class AbortBackend:
+    """Send the backend ABOR as RFC 959 asks: Telnet IP, then the Synch (IAC DM
+    as urgent data), then the command. Servers that watch the control
+    connection only for urgent data during a transfer (ProFTPD, vsftpd's
+    async ABOR) see it; the others skip the Telnet bytes."""
+
+
+@dataclass(frozen=True)
 class ConnectBackend:
     """Pick a backend (by `user` when balancing by user, else by client address)
     and connect; answer with `BackendConnected` or `BackendFailed`."""
@@ -122,6 +130,7 @@ class Transferred:
 Cmd = (
     SendClient
     | SendBackend
+    | AbortBackend
     | ConnectBackend
     | Redispatch
     | Close

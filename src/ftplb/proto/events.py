@@ -92,6 +92,14 @@ class DataClientConnected:
 
 
 @dataclass(frozen=True)
+class DataClientAccepted:
+    """Passive mode: the client connected to our listener; the backend's side
+    is being connected."""
+
+    now: float
+
+
+@dataclass(frozen=True)
 class DataRefused:
     """The client's data connection was refused (a TLS session not resumed, say)."""
 
@@ -143,6 +151,7 @@ Event = (
     | DataListening
     | DataListenFailed
     | DataClientConnected
+    | DataClientAccepted
     | DataRefused
     | DataOpened
     | DataFailed

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_MAX_LINE = 2048
-DEFAULT_MAX_REPLY_LINES = 1000
+DEFAULT_MAX_REPLY_LINES = 100_000
+"""A STAT of a big directory comes over the control connection: allow it."""
+DEFAULT_MAX_REPLY_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -129,11 +131,16 @@ class ReplyReader:
     longer in step)."""
 
     def __init__(
-        self, max_line: int = DEFAULT_MAX_LINE, max_lines: int = DEFAULT_MAX_REPLY_LINES
+        self,
+        max_line: int = DEFAULT_MAX_LINE,
+        max_lines: int = DEFAULT_MAX_REPLY_LINES,
+        max_bytes: int = DEFAULT_MAX_REPLY_BYTES,
     ) -> None:
         self._lines = LineReader(max_line)
         self._max_lines = max_lines
+        self._max_bytes = max_bytes
         self._pending: list[str] = []
+        self._bytes = 0
         self._code = 0
         self.failed: BadReply | None = None
 
@@ -169,12 +176,20 @@ class ReplyReader:
                 return Reply(code, (line,))
             return BadReply(f"malformed reply line {line[:40]!r}")
         self._pending.append(line)
+        self._bytes += len(line)
         if len(self._pending) > self._max_lines:
             return BadReply(f"reply longer than {self._max_lines} lines")
+        if self._bytes > self._max_bytes:
+            return BadReply(f"reply longer than {self._max_bytes} bytes")
         # RFC 959: the last line starts with the first line's code and a space.
-        if line.startswith(f"{self._code} ") or line == str(self._code):
-            done = Reply(self._code, tuple(self._pending))
+        # Some servers (glftpd) end with another code: a line that is a code
+        # and a space ends the reply too (curl reads replies so), and its code
+        # is the reply's.
+        code = _reply_code(line)
+        if code is not None and (len(line) == 3 or line[3] == " "):
+            done = Reply(code, tuple(self._pending))
             self._pending = []
+            self._bytes = 0
             return done
         return None
 

@@ -28,6 +28,7 @@ from ftplb.config.model import BackendTLSMode
 from ftplb.errors import ProtocolError
 from ftplb.proto import addresses, events
 from ftplb.proto.commands import (
+    AbortBackend,
     Close,
     CloseData,
     Cmd,
@@ -212,6 +213,8 @@ class InspectSession:
     _refusal: str = ""
     """Why the client's data connection was refused: the transfer's reply becomes 522."""
     _bad_commands: int = 0
+    _joining: bool = False
+    """The client's passive data connection arrived; ours to the backend is on its way."""
 
     def __post_init__(self) -> None:
         self._lines = LineReader(self.settings.max_line)
@@ -266,10 +269,14 @@ class InspectSession:
                 return []
             case events.DataClientConnected(now):
                 return self._data_client_connected(now)
+            case events.DataClientAccepted():
+                self._joining = True
+                return []
             case events.DataOpened(now):
+                joined, self._joining = self._joining, False
                 self.data_open += 1
                 self._last_activity = now
-                return []
+                return self._pump(now) if joined else []
             case events.DataFailed(now):
                 return self._data_failed(now)
             case events.DataClosed(bytes_up, bytes_down, now):
@@ -332,7 +339,11 @@ class InspectSession:
             return []
         if self.phase == Phase.GREETING:
             return self._redispatch("backend closed before greeting")
-        return [*self._abandoned_login(), Close("backend closed")]
+        # A client waiting for a reply (the backend closed in the middle of one)
+        # hears why the session ends instead of a bare close.
+        waiting = bool(self._expect) or self.wait != Wait.NOTHING
+        notice = [SendClient(reply(421, "Backend closed the connection."))] if waiting else []
+        return [*self._abandoned_login(), *notice, Close("backend closed")]
 
     def _abandoned_login(self) -> list[Cmd]:
         """The session ends with a PASS unanswered: a failed login. Backends delay
@@ -374,6 +385,9 @@ class InspectSession:
         return self._ask_backend_passive(command)
 
     def _data_failed(self, now: float) -> list[Cmd]:
+        if self._joining:
+            self._joining = False
+            return self._pump(now)
         if self.wait != Wait.CLIENT_DATA:
             return []
         # Active mode: the client cannot be reached. The backend never saw the
@@ -416,6 +430,11 @@ class InspectSession:
 
     def _may_handle(self, item: Command | BadCommand) -> bool:
         if self.wait != Wait.NOTHING:
+            return False
+        if self._joining and isinstance(item, Command) and item.verb in TRANSFER_COMMANDS:
+            # The client connected before sending it: the backend must get the
+            # data connection first too, as it would directly (pyftpdlib drops
+            # a transfer whose connection is late when QUIT follows at once).
             return False
         if self._answered_here(item):
             # Our own answer must not overtake the backend's to earlier commands.
@@ -483,6 +502,8 @@ class InspectSession:
 
     def _forward(self, cmd: Command) -> list[Cmd]:
         self._expect.append(Forwarded(cmd))
+        if cmd.verb == "ABOR":
+            return [AbortBackend()]
         return [SendBackend(cmd.line())]
 
     def _tls_command(self, cmd: Command) -> list[Cmd]:
@@ -547,6 +568,7 @@ class InspectSession:
                 return [SendClient(reply(425, "PASV is IPv4 only here; use EPSV."))]
         self._active_target = None
         self._refusal = ""
+        self._joining = False
         self._client_passive_verb = cmd.verb
         return [CloseData(), *self._ask_backend_passive(None)]
 
@@ -574,6 +596,7 @@ class InspectSession:
             ]
         self._active_target = (self.settings.client[0], port)
         self._refusal = ""
+        self._joining = False
         return [CloseData(), SendClient(reply(200, f"{cmd.verb} command successful."))]
 
     def _ask_backend_passive(self, transfer: Command | None) -> list[Cmd]:
@@ -707,7 +730,8 @@ class InspectSession:
                 # The address in a 227 is often wrong behind NAT; the backend
                 # is where we reached it (what curl does by default too).
                 _, port = addresses.parse_pasv_reply(r.text)
-            elif expected.verb == "EPSV" and r.code >= 500:
+            elif expected.verb == "EPSV" and r.code >= 500 and ":" not in self.backend_host:
+                # An IPv4 backend without EPSV: PASV (never toward IPv6: no address fits).
                 self._backend_epsv = False
                 self._expect.appendleft(OurPassive("PASV", expected.transfer))
                 return [SendBackend(b"PASV\r\n")]

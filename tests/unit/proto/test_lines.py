@@ -78,3 +78,18 @@ def test_reply_line_count_is_bounded() -> None:
 def test_over_long_reply_line() -> None:
     r = ReplyReader(max_line=10)
     assert r.feed(b"220 " + b"x" * 20 + b"\r\n") == [BadReply("reply line longer than 10 bytes")]
+
+
+def test_a_multi_line_reply_may_end_with_another_code() -> None:
+    # glftpd ends some replies with another code than it began with.
+    r = ReplyReader()
+    assert r.feed(b"200-Command Successful.\r\n 1 line\r\n250 End\r\n") == [
+        Reply(250, ("200-Command Successful.", " 1 line", "250 End"))
+    ]
+
+
+def test_a_thousand_line_reply_and_the_byte_bound() -> None:
+    body = b"".join(b" file %d\r\n" % i for i in range(998))
+    assert len(ReplyReader().feed(b"213-status\r\n" + body + b"213 End\r\n")[0].lines) == 1000
+    out = ReplyReader(max_bytes=100).feed(b"213-x\r\n" + b" " + b"y" * 200 + b"\r\n")
+    assert out == [BadReply("reply longer than 100 bytes")]

@@ -7,6 +7,7 @@ after it, no more, no fewer (tests/unit/proto/playbook.py).
 from __future__ import annotations
 
 from ftplb.proto.commands import (
+    AbortBackend,
     Close,
     CloseData,
     ConnectBackend,
@@ -31,6 +32,7 @@ from ftplb.proto.events import (
     BackendTLSReady,
     ClientClosed,
     ClientData,
+    DataClientAccepted,
     DataClientConnected,
     DataClosed,
     DataFailed,
@@ -335,7 +337,8 @@ def test_timeouts() -> None:
 
 
 def test_telnet_ip_synch_before_abor() -> None:
-    assert ready() >> ClientData(b"\xff\xf4\xff\xf2ABOR\r\n", 2) << SendBackend(b"ABOR\r\n")
+    # Passed on as RFC 959 asks, with IP and Synch of our own (AbortBackend).
+    assert ready() >> ClientData(b"\xff\xf4\xff\xf2ABOR\r\n", 2) << AbortBackend()
 
 
 def test_auth_refused_until_tls_exists() -> None:
@@ -641,7 +644,37 @@ def test_a_backend_that_hangs_up_on_a_pending_pass_counts_a_failure() -> None:
         << SendBackend(b"PASS guess\r\n")
         >> BackendClosed(1)
         << LoginResult(False, "a")
+        << SendClient(b"421 Backend closed the connection.\r\n")
         << Close("backend closed")
+    )
+
+
+def test_a_backend_closing_in_the_middle_of_a_reply_leaves_the_client_a_421() -> None:
+    assert (
+        ready()
+        >> ClientData(b"FEAT\r\n", 2)
+        << SendBackend(b"FEAT\r\n")
+        >> BackendData(b"211-Features:\r\n MDTM\r\n", 2)
+        >> BackendClosed(3)
+        << SendClient(b"421 Backend closed the connection.\r\n")
+        << Close("backend closed")
+    )
+
+
+def test_an_ipv6_backend_without_epsv_is_never_asked_for_pasv() -> None:
+    assert (
+        Playbook(session())
+        >> Start(0)
+        << ConnectBackend()
+        >> BackendConnected("ftp6", "2001:db8::5", 0)
+        >> BackendData(b"220 hi\r\n", 0)
+        << SendClient(b"220 hi\r\n")
+        >> ClientData(b"EPSV\r\n", 1)
+        << CloseData()
+        << SendBackend(b"EPSV\r\n")
+        >> BackendData(b"500 EPSV not understood\r\n", 1)
+        << Log("backend passive mode failed: backend answered EPSV with 500", "warning")
+        << SendClient(b"425 Cannot open passive connection.\r\n")
     )
 
 
@@ -702,4 +735,24 @@ def test_an_unsolicited_passive_reply_is_withheld() -> None:
         ready()
         >> BackendData(b"227 Entering Passive Mode (10,0,0,5,195,80).\r\n", 2)
         << Log("unsolicited 227 from the backend withheld", "warning")
+    )
+
+
+def test_a_transfer_command_waits_for_the_backend_data_connection_the_client_made_first() -> None:
+    # Directly, the backend would have the data connection before RETR; so must
+    # it through us (pyftpdlib drops the transfer if QUIT follows at once).
+    assert (
+        ready()
+        >> ClientData(b"PASV\r\n", 2)
+        << CloseData()
+        << SendBackend(b"EPSV\r\n")
+        >> BackendData(OK_229, 2)
+        << ListenData(("10.0.0.5", 50001), "198.51.100.7")
+        >> DataListening(40000, 2)
+        << SendClient(b"227 Entering Passive Mode (203,0,113,1,156,64).\r\n")
+        >> DataClientAccepted(2)
+        >> ClientData(b"RETR f\r\nQUIT\r\n", 2)
+        >> DataOpened(2)
+        << SendBackend(b"RETR f\r\n")
+        << SendBackend(b"QUIT\r\n")
     )
