@@ -202,6 +202,47 @@ def test_reload_adds_and_removes_backends_during_a_transfer(cluster: Cluster) ->
     assert set(who(cluster, 4)) == {keep.name, new.name}
 
 
+def test_a_backend_removed_and_put_back_while_draining_goes_on_serving(cluster: Cluster) -> None:
+    # Routed mode: the draining backend holds its passive ports; putting it back
+    # must revive it, not open a second set of listeners (bind conflict) or
+    # close its listeners once the old session ends.
+    admin = start(cluster, backends=2, balance="roundrobin")
+    assert cluster.balancer is not None
+    log = cluster.balancer.log
+    every = list(cluster.backends)
+
+    def write(backends: list[Any]) -> None:
+        cluster.backends[:] = backends
+        cluster.config_path.write_text(
+            cluster.config_text(
+                balance="roundrobin",
+                sections={"admin": {"listen": admin.removeprefix("http://"), "token": TOKEN}},
+                backend_options={b.name: {"send_proxy_data": True} for b in backends},
+            )
+        )
+        assert cluster.balancer is not None
+        cluster.balancer.popen.send_signal(signal.SIGHUP)
+
+    with slow_download(cluster) as (ftp, conn, name):
+        first = conn.recv(1024 * 1024)
+        write([b for b in every if b.name != name])
+        wait_for(lambda: log().count("reloaded") == 1, what="the first reload")
+        write(every)
+        wait_for(lambda: log().count("reloaded") == 2, what="the second reload")
+        assert "address already in use" not in log().lower()
+        states = {b["name"]: b["state"] for b in call(admin + "/api/backends", token=None)}
+        assert states[name] == "UP"
+        finish(ftp, conn, first)
+    # The old session is over; the backend's passive ports still carry transfers.
+    for i in range(4):
+        with cluster.ftp(source=f"127.0.0.{60 + i}") as other:
+            buf = io.BytesIO()
+            other.retrbinary("RETR whoami.txt", buf.write)
+            assert buf.getvalue().decode() in {b.name for b in every}
+    assert name in who(cluster, 4)
+    assert f"backend {name} retired" not in log()
+
+
 def test_reload_via_api_reports_a_bad_file(cluster: Cluster) -> None:
     admin = start(cluster, backends=1)
     cluster.config_path.write_text("[balancer]\nmode = 'nat'\n")

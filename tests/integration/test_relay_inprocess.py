@@ -389,3 +389,38 @@ def test_tls_side_closes_only_after_sending_everything(loop: str, tmp_path: Path
             tls_server.close()
 
     run(main(), loop)
+
+
+@LOOPS
+def test_a_backend_that_never_follows_a_client_close_is_closed(
+    loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client sent QUIT and closed its side; a backend that keeps its side
+    # open would otherwise hold the session (and its slot) until the idle timeout.
+    from ftplb.io import routed
+
+    monkeypatch.setattr(routed, "FIN_TIMEOUT", 0.3)
+
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"220 hi\r\n")
+            assert await reader.read() == b"QUIT\r\n"  # to the client's half-close
+            await release.wait()  # and never close our side
+            writer.close()
+
+        backend, balancer, control, _ = await run_with_backend(linger)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", control)
+            assert await asyncio.wait_for(reader.readline(), 10) == b"220 hi\r\n"
+            writer.write(b"QUIT\r\n")
+            writer.write_eof()
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            writer.close()
+            assert balancer.counts.current == 0
+        finally:
+            release.set()
+            await shutdown(backend, balancer)
+
+    run(main(), loop)

@@ -107,15 +107,21 @@ class Pool:
 
         A backend whose name stays keeps its state, counters and sessions; a
         changed address or passive range makes it a new backend (the old one
-        retires and drains)."""
+        retires and drains). A backend removed earlier and still draining comes
+        back as itself (its sessions and, in routed mode, its listeners go on):
+        a new one beside it would fight it for its passive ports."""
         added: list[Backend] = []
         retired: list[Backend] = []
         new_list: list[Backend] = []
+        draining = {b.name: b for b in self.retired}
         for cfg in configs:
-            old = self.by_name.get(cfg.name)
+            old = self.by_name.get(cfg.name) or draining.get(cfg.name)
             if old is not None and (
                 old.config.address == cfg.address and old.config.passive_ports == cfg.passive_ports
             ):
+                if old.retired:
+                    old.retired = False
+                    self.retired.remove(old)
                 old.config = cfg
                 old.weight = cfg.weight
                 new_list.append(old)

@@ -480,6 +480,9 @@ class ControlSession:
     def data_client_accepted(self) -> None:
         self.event(events.DataClientAccepted(self.loop.time()))
 
+    def data_backend_connected(self) -> None:
+        self.event(events.DataBackendConnected(self.loop.time()))
+
     def data_opened(self) -> None:
         if self.data is not None:
             direction = "inbound" if self.data.mode == "passive" else "outbound"

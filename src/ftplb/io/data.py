@@ -43,6 +43,9 @@ class DataOwner(Protocol):
     def data_client_accepted(self) -> None:
         """Passive mode: the client connected; the backend's side is on its way."""
 
+    def data_backend_connected(self) -> None:
+        """Our TCP connection to the backend's passive port exists."""
+
     def data_opened(self) -> None:
         """Both sides are connected and joined."""
 
@@ -299,8 +302,11 @@ class DataChannel:
         except BaseException:
             sock.close()
             raise
-        if to_client and not self.closed:
-            self.owner.data_client_connected()
+        if not self.closed:
+            if to_client:
+                self.owner.data_client_connected()
+            else:
+                self.owner.data_backend_connected()
         self._maybe_start()
 
     async def _connect_armed(
@@ -374,6 +380,8 @@ class DataChannel:
         sock = await self._connect_armed(address, None)
         if sock is None:
             return
+        if not self.closed:
+            self.owner.data_backend_connected()
         try:
             header = self._proxy_header()
             if header:

@@ -112,7 +112,10 @@ class Endpoint(Side):
             return False
         if peer.transport.can_write_eof():
             peer.transport.write_eof()
-            return True  # keep our transport open: the other direction goes on
+            self.relay.half_closed(reason)
+            # Keep our transport open (the other direction goes on), unless it is
+            # TLS: it cannot stay half-open (asyncio closes it and warns at True).
+            return self.transport is None or self.transport.get_extra_info("ssl_object") is None
         self.relay.close(reason)
         return False
 
@@ -176,11 +179,13 @@ class Relay:
 
     __slots__ = (
         "_done",
+        "_fin_timer",
         "_on_close",
         "backend",
         "client",
         "clock",
         "end_reason",
+        "fin_timeout",
         "first_bytes",
         "last_activity",
         "on_client",
@@ -205,8 +210,21 @@ class Relay:
         self.splice_pending = False
         """Set by `start(splice=True)`: once SPLICE_AFTER bytes have moved, the
         kernel takes over (small transfers never pay splice's setup)."""
+        self.fin_timeout: float | None = None
+        """Seconds the other side has to follow a half-close (control relays: a
+        backend that never closes after its client did would hold the session
+        until the idle timeout); None: no limit (data: an upload's end)."""
+        self._fin_timer: asyncio.TimerHandle | None = None
         self.first_bytes: asyncio.Future[None] | None = None
         """Set by whoever waits for the backend to speak before `start` (a greeting)."""
+
+    def half_closed(self, reason: str) -> None:
+        """One side ended its stream and the other was told: it has `fin_timeout`."""
+        if self.fin_timeout is None or self.clock is None or self._fin_timer is not None:
+            return
+        self._fin_timer = self.clock.call_later(
+            self.fin_timeout, self.close, f"{reason}; the other side did not follow"
+        )
 
     def backend_spoke(self) -> None:
         """Bytes (or the end) came from the backend before `start`."""
@@ -252,6 +270,7 @@ class Relay:
                 assert side.peer is not None
                 if side.peer.transport is not None and side.peer.transport.can_write_eof():
                     side.peer.transport.write_eof()
+                    self.half_closed("client closed" if side is self.client else "backend closed")
         if self.client.eof and self.backend.eof:
             self.close("closed")
             return
@@ -330,6 +349,12 @@ class Relay:
             self._unlink()
 
     def _unlink(self) -> None:
+        if self._fin_timer is not None:
+            self._fin_timer.cancel()
+            self._fin_timer = None
+        self._unlink_peers()
+
+    def _unlink_peers(self) -> None:
         """Break the reference cycles (relay and endpoints, the two peers, the
         owner's callbacks): a finished relay is then freed at once by reference
         counting. Left to the garbage collector, a busy balancer spent about a

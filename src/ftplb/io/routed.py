@@ -32,6 +32,9 @@ from ftplb.shared import Shared
 log = logging.getLogger("ftplb.session")
 
 NO_BACKEND_REPLY = b"421 Service not available\r\n"
+FIN_TIMEOUT = 5.0
+"""Seconds a control connection's other side has to close once one side closed
+(a client that sent QUIT and closed has no use for more)."""
 TOO_MANY_REPLY = b"421 Too many sessions, try again later\r\n"
 
 
@@ -200,6 +203,7 @@ class Session:
 
     def start_idle_clock(self) -> None:
         self.relay.track_activity(self.balancer.loop)
+        self.relay.fin_timeout = FIN_TIMEOUT
 
     # -- the end
 
@@ -235,7 +239,9 @@ class RoutedBalancer:
         """Data connections may be handed to the kernel past 1 MiB (io/splice.py)."""
         self.control_server: asyncio.Server | None = None
         self.implicit_server: asyncio.Server | None = None
-        self.data_servers: dict[str, list[asyncio.Server]] = {}
+        self.data_servers: dict[Backend, list[asyncio.Server]] = {}
+        """Each backend's passive-port listeners (by the backend itself: a retired
+        one and a new one of the same name are two)."""
         self._sweeper: asyncio.TimerHandle | None = None
         self.counts = SessionCounts(self.shared)
         self.rejected: Counter[str] = Counter()
@@ -299,7 +305,7 @@ class RoutedBalancer:
         loop = asyncio.get_running_loop()
         ports = backend.config.passive_ports
         assert ports is not None
-        servers = self.data_servers.setdefault(backend.name, [])
+        servers = self.data_servers.setdefault(backend, [])
         try:
             for port in ports:
                 at = HostPort(self.config.balancer.data_host, port)
@@ -309,7 +315,7 @@ class RoutedBalancer:
             raise
 
     def close_data_listeners(self, backend: Backend) -> None:
-        for server in self.data_servers.pop(backend.name, []):
+        for server in self.data_servers.pop(backend, []):
             server.close()
 
     async def _listen(self, loop: asyncio.AbstractEventLoop, at: HostPort, factory: Any) -> Any:
@@ -366,8 +372,8 @@ class RoutedBalancer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.stop_accepting()
-        for name in list(self.data_servers):
-            for server in self.data_servers.pop(name):
+        for backend in list(self.data_servers):
+            for server in self.data_servers.pop(backend):
                 server.close()
         if self.kernel:
             try:

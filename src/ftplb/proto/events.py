@@ -100,6 +100,14 @@ class DataClientAccepted:
 
 
 @dataclass(frozen=True)
+class DataBackendConnected:
+    """Our data connection to the backend's passive port exists (its TLS, if
+    any, may still be on its way)."""
+
+    now: float
+
+
+@dataclass(frozen=True)
 class DataRefused:
     """The client's data connection was refused (a TLS session not resumed, say)."""
 
@@ -152,6 +160,7 @@ Event = (
     | DataListenFailed
     | DataClientConnected
     | DataClientAccepted
+    | DataBackendConnected
     | DataRefused
     | DataOpened
     | DataFailed

@@ -214,7 +214,9 @@ class InspectSession:
     """Why the client's data connection was refused: the transfer's reply becomes 522."""
     _bad_commands: int = 0
     _joining: bool = False
-    """The client's passive data connection arrived; ours to the backend is on its way."""
+    """The client's passive data connection arrived; ours to the backend is on
+    its way (not its TLS handshake: with PROT P the client starts its own only
+    after the 150, which the backend sends once it has the command)."""
 
     def __post_init__(self) -> None:
         self._lines = LineReader(self.settings.max_line)
@@ -272,6 +274,9 @@ class InspectSession:
             case events.DataClientAccepted():
                 self._joining = True
                 return []
+            case events.DataBackendConnected(now):
+                joined, self._joining = self._joining, False
+                return self._pump(now) if joined else []
             case events.DataOpened(now):
                 joined, self._joining = self._joining, False
                 self.data_open += 1

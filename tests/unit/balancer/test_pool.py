@@ -130,3 +130,26 @@ def test_a_policy_change_takes_effect_and_the_same_policy_is_kept() -> None:
     for x in pool.backends:
         x.sessions = 0
     assert [pick(pool) for _ in range(3)] == ["a", "b", "a"]  # smooth weighted 2:1
+
+
+def test_a_draining_backend_put_back_comes_back_as_itself() -> None:
+    # Removed, then re-added before its sessions drained: a second backend of
+    # the same name and passive range would fight the first for its ports.
+    pool = started(A, B)
+    a, b = pool.backends
+    pool.update(backends(A), "leastconn")
+    assert b.retired and pool.retired == [b]
+    added, retired = pool.update(backends(A, B), "leastconn")
+    assert added == [] and retired == []
+    assert pool.backends == [a, b] and pool.retired == [] and not b.retired
+    assert b.sessions == 2 and b.sessions_total == 20
+
+
+def test_a_draining_backend_put_back_with_a_new_address_stays_retired() -> None:
+    pool = started(A, B)
+    _, b = pool.backends
+    pool.update(backends(A), "leastconn")
+    moved = dict(B, address="127.0.1.3:21")
+    added, _ = pool.update(backends(A, moved), "leastconn")
+    assert [x.name for x in added] == ["b"] and added[0] is not b
+    assert b.retired and pool.retired == [b]
