@@ -19,7 +19,8 @@ from ftplb.proto.events import (
     Event,
     Start,
 )
-from ftplb.proto.session import InspectSession, SessionSettings
+from ftplb.proto.session import InspectSession
+from ftplb.proto.state import SessionSettings
 
 ports = st.integers(1, 65535)
 v4 = st.ip_addresses(v=4).map(str)

@@ -51,7 +51,8 @@ from ftplb.proto.events import (
     Start,
     Tick,
 )
-from ftplb.proto.session import MAX_IN_FLIGHT, Forwarded, InspectSession, SessionSettings
+from ftplb.proto.session import MAX_IN_FLIGHT, InspectSession
+from ftplb.proto.state import Forwarded, SessionSettings
 
 CLIENT = ("198.51.100.7", 40000)
 PUBLIC = "203.0.113.1"

@@ -24,7 +24,8 @@ from ftplb.io.sessions import Dialer, Tasks
 from ftplb.io.tls import BackendTLS, upgrade
 from ftplb.proto import commands, events, proxy_protocol
 from ftplb.proto.ftp import reply
-from ftplb.proto.session import InspectSession, SessionSettings
+from ftplb.proto.session import InspectSession
+from ftplb.proto.state import SessionSettings
 
 log = logging.getLogger("ftplb.session")
 LEVELS = {"info": logging.INFO, "warning": logging.WARNING}

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from enum import Enum
 
-from ftplb.config.model import BackendTLSMode
 from ftplb.errors import ProtocolError
 from ftplb.proto import addresses, events
 from ftplb.proto.commands import (
@@ -54,32 +52,19 @@ from ftplb.proto.ftp import (
     reply,
 )
 from ftplb.proto.lines import BadReply, LineReader, LineTooLong, Reply, ReplyReader
-
-
-@dataclass(frozen=True)
-class SessionSettings:
-    client: tuple[str, int]
-    """The client's address as seen on the control connection."""
-    public_address: str
-    """What PASV replies carry."""
-    balance_by_user: bool = False
-    """Greet the client ourselves and pick the backend after USER."""
-    login_timeout: float = 60.0
-    idle_timeout: float = 600.0
-    greeting_timeout: float = 10.0
-    """Seconds a connected backend has to greet; then another backend is tried."""
-    max_line: int = 2048
-    greeting: str = "ftplb ready."
-    tls: bool = False
-    """The balancer has a certificate: AUTH TLS, PBSZ and PROT are answered here."""
-    tls_required: bool = False
-    """Refuse USER before AUTH TLS."""
-    implicit_tls: bool = False
-    """The control connection is TLS from its first byte (port 990)."""
-    backend_tls: BackendTLSMode = "off"
-    """TLS toward the backend: "off", "on", or "match" (when the client uses TLS).
-    The session sends AUTH TLS, PBSZ 0 and PROT P itself; the client never sees them."""
-
+from ftplb.proto.state import (
+    BackendTLSStep,
+    Expectation,
+    Forwarded,
+    Greeting,
+    OurPassive,
+    Phase,
+    SessionSettings,
+    TLSState,
+    TLSStep,
+    Transfer,
+    Wait,
+)
 
 MAX_IN_FLIGHT = 16
 """Client commands sent to the backend and not yet answered. More wait in the
@@ -98,86 +83,6 @@ answer). Others are passed on untouched: a path may look like an address."""
 _PASSIVE_REPLIES = frozenset({227, 228, 229})
 _PASS_ACCEPTED = frozenset({202, 230, 332})
 """Replies to PASS that are not a failed login (230 in, 202 already in, 332 ACCT next)."""
-
-
-class Phase(Enum):
-    NEW = "new"
-    AWAIT_USER = "await user"
-    """Balancing by user: we greeted; the backend is chosen after USER."""
-    CONNECTING = "connecting"
-    GREETING = "greeting"
-    """Connected; the backend's 220 is still to come."""
-    READY = "ready"
-    CLOSED = "closed"
-
-
-class Wait(Enum):
-    """What the client's next commands wait for (they stay in the line buffer)."""
-
-    NOTHING = "nothing"
-    BACKEND = "backend"
-    """A backend to connect and greet."""
-    PASSIVE = "passive"
-    """The backend's answer to our EPSV/PASV (and, for the client's, our listener)."""
-    CLIENT_DATA = "client data"
-    """Active mode: our connection to the client."""
-    BACKEND_TLS = "backend TLS"
-    """Our AUTH TLS, handshake, PBSZ and PROT toward the backend."""
-
-
-class TLSStep(Enum):
-    AUTH = "AUTH TLS"
-    PBSZ = "PBSZ"
-    PROT = "PROT"
-
-
-# --- what the backend's next final reply answers ----------------------------
-
-
-@dataclass(frozen=True)
-class Greeting:
-    pass
-
-
-@dataclass(frozen=True)
-class Forwarded:
-    command: Command
-
-
-@dataclass(frozen=True)
-class OurPassive:
-    """Our own EPSV or PASV: for the client's PASV/EPSV (`transfer` None), or to
-    carry an active-mode transfer (`transfer`, sent once the address is known)."""
-
-    verb: str
-    transfer: Command | None = None
-
-
-@dataclass(frozen=True)
-class BackendTLSStep:
-    step: TLSStep
-
-
-Expectation = Greeting | Forwarded | OurPassive | BackendTLSStep
-
-
-@dataclass
-class TLSState:
-    client: bool = False
-    """The client's control connection is TLS."""
-    pbsz: bool = False
-    private_data: bool = False
-    """PROT P: the client's data connections are TLS."""
-    backend: bool = False
-    """The backend control connection is TLS, with PROT P: data to it is TLS too."""
-    greeting_after: Reply | None = None
-    """The backend's greeting, held until its TLS is up (backend_tls = "on")."""
-
-
-@dataclass
-class _Transfer:
-    command: Command
-    started: float
 
 
 @dataclass
@@ -208,7 +113,7 @@ class InspectSession:
     _started: float = 0.0
     _last_activity: float = 0.0
     _greeting_deadline: float = 0.0
-    _transfer: _Transfer | None = None
+    _transfer: Transfer | None = None
     _user_line: Command | None = None
     _refusal: str = ""
     """Why the client's data connection was refused: the transfer's reply becomes 522."""
@@ -494,7 +399,7 @@ class InspectSession:
         if verb in ("PORT", "EPRT"):
             return self._client_active(cmd)
         if verb in TRANSFER_COMMANDS:
-            self._transfer = _Transfer(cmd, now)
+            self._transfer = Transfer(cmd, now)
             if self._active_target is not None:
                 # Active for the client, passive toward the backend. The client
                 # first: if it cannot be reached the backend never hears of the

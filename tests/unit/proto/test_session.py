@@ -44,12 +44,8 @@ from ftplb.proto.events import (
     Start,
     Tick,
 )
-from ftplb.proto.session import (
-    LINES_PER_EVENT,
-    MAX_IN_FLIGHT,
-    InspectSession,
-    SessionSettings,
-)
+from ftplb.proto.session import LINES_PER_EVENT, MAX_IN_FLIGHT, InspectSession
+from ftplb.proto.state import SessionSettings
 from tests.unit.proto.playbook import Playbook
 
 CLIENT = ("198.51.100.7", 40000)
