@@ -131,6 +131,7 @@ class Load:
         faults: bool,
         roots: dict[str, Path],
         host: str = BALANCER_HOST,
+        active: bool = True,
     ) -> None:
         self.c = c
         self.host = host
@@ -140,6 +141,8 @@ class Load:
         self.tls = tls
         self.faults = faults
         self.roots = roots
+        self.active = active
+        """Some transfers in active mode (a backend must accept the client's PORT)."""
         self.stop = threading.Event()
         self.sessions: list[Session] = []
         self.lock = threading.Lock()
@@ -201,7 +204,7 @@ class Load:
             for _ in range(rng.randint(1, 3)):
                 if self.stop.is_set():
                     break
-                passive = rng.random() < 0.7
+                passive = rng.random() < 0.7 or not self.active
                 ftp.set_pasv(passive)
                 op = rng.random()
                 s.step = ("PASV" if passive else "PORT") + (" TLS" if tls else "")
@@ -582,8 +585,8 @@ def compare(seconds: float, clients: int, payloads: Payloads) -> list[tuple[str,
         roots = {b.name: b.root for b in c.backends}
         targets = []
         for name, host, mode in (
-            ("ftplb routed", "127.0.0.2", "routed"),
-            ("ftplb inspect", "127.0.0.3", "inspect"),
+            (f"ftplb routed, {WORKERS} workers", "127.0.0.2", "routed"),
+            (f"ftplb inspect, {WORKERS} workers", "127.0.0.3", "inspect"),
         ):
             port = free_ports(1, host)
             c.spawn_balancer(
@@ -593,7 +596,7 @@ def compare(seconds: float, clients: int, payloads: Payloads) -> list[tuple[str,
                 listen=f"{host}:{port}",
                 data_listen=host,
                 public_address=host,
-                workers=1,
+                workers=WORKERS,
             )
             targets.append((name, host, port))
         url = start_haproxy(c, c.workdir, "127.0.0.4", "    tune.bufsize 262144\n")
@@ -605,6 +608,8 @@ def compare(seconds: float, clients: int, payloads: Payloads) -> list[tuple[str,
 
 
 HAPROXY = "HAProxy 2.6, tune.bufsize 262144"
+WORKERS = os.cpu_count() or 1
+"""ftplb's default: a worker per core (HAProxy runs a thread per core)."""
 
 
 def measure(
@@ -616,10 +621,19 @@ def measure(
     clients: int,
     roots: dict[str, Path],
 ) -> dict[str, float]:
-    load = Load(c, port, payloads, clients, False, False, roots, host)
+    # Passive only: behind routed ftplb without PROXY and behind HAProxy, the
+    # backends see the balancer as the client and refuse a PORT to anyone else.
+    load = Load(c, port, payloads, clients, False, False, roots, host, active=False)
     load.run(seconds)
     setups = sorted(s.setup for s in load.sessions if s.setup is not None)
     ttfb = sorted(t for s in load.sessions for t in s.ttfb)
+    reasons: dict[str, int] = {}
+    for s in load.sessions:
+        if s.outcome not in ("ok", "refused", "dropped"):
+            key = f"{s.outcome}: {s.detail[:70]}"
+            reasons[key] = reasons.get(key, 0) + 1
+    if reasons:
+        print(f"  {host}: failures {sorted(reasons.items(), key=lambda x: -x[1])[:4]}", flush=True)
     return {
         "sessions": len(load.sessions),
         "setup_p50": pct(setups, 50) * 1000,
@@ -627,15 +641,8 @@ def measure(
         "ttfb_p50": pct(ttfb, 50) * 1000,
         "ttfb_p99": pct(ttfb, 99) * 1000,
         "mib_s_32": concurrent_downloads(host, port, payloads, 32),
-        "failed": sum(1 for s in load.sessions if s.outcome not in ("ok", "refused")),
+        "failed": sum(reasons.values()),
     }
-    reasons: dict[str, int] = {}
-    for s in load.sessions:
-        if s.outcome not in ("ok", "refused"):
-            key = f"{s.outcome}: {s.detail[:70]}"
-            reasons[key] = reasons.get(key, 0) + 1
-    if reasons:
-        print(f"  {host}: failures {sorted(reasons.items(), key=lambda x: -x[1])[:4]}", flush=True)
 
 
 def concurrent_downloads(host: str, port: int, payloads: Payloads, n: int) -> float:
@@ -714,7 +721,7 @@ def report(
         )
     out += ["", row("check", *(r.mode for r in results)), "|---|" + "---|" * len(results)]
     ok = True
-    for name in results[0].checks:
+    for name in results[0].checks if results else []:
         marks = ["held" if r.checks[name] else "FAILED" for r in results]
         ok = ok and all(r.checks[name] for r in results)
         out.append(row(name, *marks))
@@ -773,8 +780,9 @@ def report(
                 )
             )
         by = dict(rows)
-        if "ftplb routed" in by and HAPROXY in by:
-            h, f = by[HAPROXY], by["ftplb routed"]
+        routed = f"ftplb routed, {WORKERS} workers"
+        if routed in by and HAPROXY in by:
+            h, f = by[HAPROXY], by[routed]
             out += [
                 "",
                 f"ftplb routed / HAProxy: setup p99 {f['setup_p99'] / h['setup_p99']:.2f}x "
@@ -795,7 +803,7 @@ def main() -> int:
     args = parser.parse_args()
     payloads = Payloads()
     results = []
-    for mode in args.modes.split(","):
+    for mode in filter(None, args.modes.split(",")):
         print(f"soak: {mode}, {args.seconds:g} s, {args.clients} clients", flush=True)
         results.append(soak(mode, args.seconds, args.clients, payloads))
     rows = compare(args.compare_seconds, args.clients, payloads) if args.compare_seconds else []

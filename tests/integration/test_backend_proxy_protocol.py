@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ftplib
 import io
 import socket
 import time
@@ -9,7 +10,7 @@ import time
 import pytest
 
 from ftplb.proto.proxy_protocol import encode_v1, encode_v2
-from tests.cluster import Backend, Cluster, wait_for
+from tests.cluster import PASSWORD, USER, Backend, Cluster, wait_for
 
 
 @pytest.fixture
@@ -160,3 +161,38 @@ def _transfer_twice(backend: Backend, ctl: socket.socket) -> None:
                 got.write(chunk)
         assert got.getvalue() == b"q" * 50_000
         assert read_reply(ctl).startswith(b"226")
+
+
+def test_an_active_transfer_then_passive_leaves_other_sessions_alone(cluster: Cluster) -> None:
+    # pyftpdlib 2.2 keeps a connected ActiveDTP as the session's connector; the
+    # session's next PASV closed it, unregistering its old descriptor number,
+    # by then another session's passive listener: that transfer hung until the
+    # listener's 30 s timeout. (Found by bench/soak.py.)
+    b = cluster.add_backend(proxy_protocol=False, masquerade=None)
+    (b.root / "f.bin").write_bytes(b"z" * 10_000)
+    with (
+        ftplib.FTP(timeout=5, source_address=("127.0.0.11", 0)) as a,
+        ftplib.FTP(timeout=5, source_address=("127.0.0.11", 0)) as other,
+    ):
+        for ftp in (a, other):
+            ftp.connect(b.host, b.port)
+            ftp.login(USER, PASSWORD)
+            ftp.sendcmd("TYPE I")
+        for _ in range(3):
+            a.set_pasv(False)
+            got = io.BytesIO()
+            a.retrbinary("RETR f.bin", got.write)  # active: the backend connects out
+            assert got.getvalue() == b"z" * 10_000
+            # The transfer's descriptor is free: the other session's passive
+            # listener takes it (the lowest free number)...
+            host, port = ftplib.parse227(other.sendcmd("PASV"))
+            # ...and this PASV must not unregister it.
+            a.sendcmd("PASV")
+            with socket.create_connection((host, port), 5, ("127.0.0.11", 0)) as conn:
+                other.sendcmd("RETR f.bin")  # 150 once the listener has accepted
+                conn.settimeout(5)
+                received = b""
+                while chunk := conn.recv(65536):
+                    received += chunk
+            assert received == b"z" * 10_000
+            assert other.voidresp().startswith("226")

@@ -70,6 +70,9 @@ def test_every_worker_serves_and_every_byte_arrives(cluster: Cluster, mode: str)
     assert status["workers"] == WORKERS
     totals = [p["total"] for p in status["processes"]]
     assert sum(totals) == 24 and all(t > 0 for t in totals), totals
+    # At rest each worker runs its few long-lived tasks and holds its listeners.
+    for p in status["processes"]:
+        assert 1 <= p["tasks"] < 16 and 3 < p["open_files"] < 256, p
     backends = call(admin + "/api/backends")
     assert sum(b["sessions"]["total"] for b in backends) == 24
     # Each line says which worker wrote it.

@@ -9,6 +9,7 @@ and sends each change to all.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any, Protocol
 
@@ -89,6 +90,13 @@ def backend_json(b: Backend) -> dict[str, Any]:
     }
 
 
+def open_files() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # no /proc
+        return -1
+
+
 def snapshot_of(rt: Running) -> Snapshot:
     b = rt.config.balancer
     stats = rt.balancer.stats()
@@ -101,7 +109,16 @@ def snapshot_of(rt: Running) -> Snapshot:
             "sessions": sessions,
             "reloads": rt.reloads,
             "workers": 1,
-            "processes": [{"pid": os.getpid(), "sessions": sessions, "total": total}],
+            "processes": [
+                {
+                    "pid": os.getpid(),
+                    "sessions": sessions,
+                    "total": total,
+                    # What a leak shows in first (bench/soak.py compares them at rest).
+                    "tasks": len(asyncio.all_tasks()),
+                    "open_files": open_files(),
+                }
+            ],
         },
         "backends": [backend_json(x) for x in [*rt.pool.backends, *rt.pool.retired]],
         "counters": stats,

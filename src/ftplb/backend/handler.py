@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from pyftpdlib.handlers import FTPHandler
-from pyftpdlib.handlers.ftp.dispatchers import PassiveDTP
+from pyftpdlib.handlers.ftp.dispatchers import ActiveDTP, PassiveDTP
 from pyftpdlib.ioloop import AsyncChat
 from pyftpdlib.log import logger
 
@@ -179,6 +179,30 @@ class ProxyProtocolPassiveDTP(PassiveDTP):  # type: ignore[misc]
         cmd.respond("425 The data connection was reset before the transfer began.")
 
 
+class HandingOverActiveDTP(ActiveDTP):  # type: ignore[misc]
+    """ActiveDTP that lets go of its socket once it is connected.
+
+    pyftpdlib 2.2 hands the connected socket to the data handler but keeps the
+    connector as the session's `_dtp_connector`, not closed. The session's next
+    PASV/PORT closes it: it unregisters its descriptor number, by then the
+    descriptor of another session's listener or transfer, which then never
+    hears from the event loop again (its client times out). Seen in the soak
+    (bench/soak.py) at a few sessions in a hundred; upstream, pyftpdlib
+    pull request 657."""
+
+    _closed: bool
+    _fileno: int | None
+
+    def handle_connect(self) -> None:
+        super().handle_connect()
+        if self.cmd_channel.data_channel is not None and not self._closed:
+            # The data handler owns the socket now: nothing of ours to close.
+            self._closed = True
+            self._fileno = None
+            if self.cmd_channel._dtp_connector is self:
+                self.cmd_channel._dtp_connector = None
+
+
 class ProxyProtocolFTPHandler(FTPHandler):  # type: ignore[misc]
     """FTPHandler that takes the client's address from a PROXY header."""
 
@@ -189,6 +213,7 @@ class ProxyProtocolFTPHandler(FTPHandler):  # type: ignore[misc]
     proxy_header_timeout = 10.0
     """Seconds a trusted peer has to send its header."""
     passive_dtp = ProxyProtocolPassiveDTP
+    active_dtp = HandingOverActiveDTP
     remote_ip: str
     remote_port: int
 
