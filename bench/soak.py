@@ -402,8 +402,7 @@ class Result:
     faults: list[Fault]
     reloads: int
     checks: dict[str, bool]
-    fds: tuple[int, int]
-    rss: tuple[float, float]
+    rest: Rest
     disturbed: list[Session]
 
     def count(self, outcome: str) -> int:
@@ -417,6 +416,19 @@ class Result:
 def status(admin: str) -> dict[str, object]:
     with urllib.request.urlopen(admin + "/api/status", timeout=5) as r:
         return json.load(r)  # type: ignore[no-any-return]
+
+
+def tasks(admin: str) -> int:
+    return sum(p["tasks"] for p in status(admin)["processes"])  # type: ignore[attr-defined, misc]
+
+
+@dataclass
+class Rest:
+    """Before the load and after it (back at rest): descriptors, RSS, tasks."""
+
+    fds: tuple[int, int]
+    rss: tuple[float, float]
+    tasks: tuple[int, int]
 
 
 def fds(pid: int) -> int:
@@ -493,7 +505,7 @@ def soak(mode: str, seconds: float, clients: int, payloads: Payloads) -> Result:
         config, admin = start_cluster(c, mode, payloads)
         assert c.balancer is not None
         pid = c.balancer.popen.pid
-        base_fds, base_rss = fds(pid), rss_mib(pid)
+        base_fds, base_rss, base_tasks = fds(pid), rss_mib(pid), tasks(admin)
         roots = {b.name: b.root for b in c.backends}
         load = Load(c, c.balancer_port, payloads, clients, mode == "inspect", True, roots)
         faults = Faults(c, mode, config)
@@ -519,9 +531,10 @@ def soak(mode: str, seconds: float, clients: int, payloads: Payloads) -> Result:
             raise
         time.sleep(2)
         st = status(admin)
-        end_fds, end_rss = fds(pid), rss_mib(pid)
+        end_fds, end_rss, end_tasks = fds(pid), rss_mib(pid), tasks(admin)
         total = sum(p["total"] for p in st["processes"])  # type: ignore[index, union-attr]
-    return judge(mode, load, faults, alive, (base_fds, end_fds), (base_rss, end_rss), st, total)
+    at_rest = Rest((base_fds, end_fds), (base_rss, end_rss), (base_tasks, end_tasks))
+    return judge(mode, load, faults, alive, at_rest, st, total)
 
 
 def judge(
@@ -529,8 +542,7 @@ def judge(
     load: Load,
     faults: Faults,
     alive: bool,
-    fd_pair: tuple[int, int],
-    rss_pair: tuple[float, float],
+    rest: Rest,
     st: dict[str, object],
     opened: int,
 ) -> Result:
@@ -557,11 +569,12 @@ def judge(
         "zero corrupt transfers": not any(s.outcome == "corrupt" for s in sessions),
         "the balancer never exited": alive,
         "sessions on healthy backends undisturbed": not disturbed,
-        "descriptors back to baseline (+16)": fd_pair[1] <= fd_pair[0] + 16,
-        "RSS back near baseline (+64 MiB)": rss_pair[1] <= rss_pair[0] + 64,
+        "descriptors back to baseline (+16)": rest.fds[1] <= rest.fds[0] + 16,
+        "asyncio tasks back to baseline (+2)": rest.tasks[1] <= rest.tasks[0] + 2,
+        "RSS back near baseline (+64 MiB)": rest.rss[1] <= rest.rss[0] + 64,
         "sessions opened = closed + current": st["sessions"] == 0 and opened >= len(sessions),
     }
-    return Result(mode, sessions, faults.log, faults.reloads, checks, fd_pair, rss_pair, disturbed)
+    return Result(mode, sessions, faults.log, faults.reloads, checks, rest, disturbed)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -729,7 +742,8 @@ def report(
         out += [
             "",
             f"{r.mode}: {len(r.faults)} faults injected, {r.reloads} reloads; descriptors "
-            f"{r.fds[0]} -> {r.fds[1]}, RSS {r.rss[0]:.0f} -> {r.rss[1]:.0f} MiB.",
+            f"{r.rest.fds[0]} -> {r.rest.fds[1]}, asyncio tasks {r.rest.tasks[0]} -> "
+            f"{r.rest.tasks[1]}, RSS {r.rest.rss[0]:.0f} -> {r.rest.rss[1]:.0f} MiB.",
         ]
         failed = [f"{s.backend or '?'}: {s.detail}" for s in r.sessions if s.outcome == "failed"]
         if failed:
