@@ -489,6 +489,9 @@ def start_cluster(c: Cluster, mode: str, payloads: Payloads) -> tuple[dict[str, 
             v.name: {"send_proxy": "off"},
         }
     else:
+        # Fixed here: a reload must not see a changed range (it needs a restart).
+        first = free_ports(200, BALANCER_HOST)
+        config["data_ports"] = f"{first}-{first + 199}"
         cert, key = make_cert(c.workdir)
         sections["tls"] = {"cert": str(cert), "key": str(key)}
     config["sections"] = sections

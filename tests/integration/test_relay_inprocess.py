@@ -424,3 +424,48 @@ def test_a_backend_that_never_follows_a_client_close_is_closed(
             await shutdown(backend, balancer)
 
     run(main(), loop)
+
+
+@LOOPS
+def test_a_closed_tls_transport_is_reset_and_written_to_quietly(
+    loop: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # asyncio's TLS transport, once closed, raised from get_extra_info(): an
+    # ABOR that reset such a data connection killed the session's control
+    # connection (seen in the soak), and each later write logged a warning.
+    import ssl
+
+    from ftplb.io.relay import reset, send
+    from tests.cluster import make_cert
+
+    cert, key = make_cert(tmp_path, "closed", ips=("127.0.1.1",))
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.load_verify_locations(cert)
+
+    async def main() -> None:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                await reader.read()
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.1.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            _reader, writer = await asyncio.open_connection(
+                "127.0.1.1", port, ssl=client_ctx, server_hostname="127.0.1.1"
+            )
+            transport = writer.transport
+            transport.abort()
+            await asyncio.sleep(0.1)  # connection_lost: the TLS protocol is gone
+            reset(transport)
+            for _ in range(10):
+                send(transport, b"late")  # type: ignore[arg-type]
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    with caplog.at_level("WARNING", logger="asyncio"):
+        run(main(), loop)
+    assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text

@@ -10,7 +10,6 @@ fail logins, passive and active, plain and (inspect mode) FTPS.
 from __future__ import annotations
 
 import pytest
-
 from bench import soak
 
 SECONDS = 36.0

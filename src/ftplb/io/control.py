@@ -19,7 +19,7 @@ from ftplb.balancer.dataports import DataPorts
 from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config, HostPort
 from ftplb.io.data import DataChannel, DataSettings
-from ftplb.io.relay import Side, client_addresses, enable_keepalive
+from ftplb.io.relay import Side, client_addresses, enable_keepalive, send
 from ftplb.io.sessions import Dialer, Tasks
 from ftplb.io.tls import BackendTLS, upgrade
 from ftplb.proto import commands, events, proxy_protocol
@@ -235,11 +235,10 @@ class ControlSession:
     def _do(self, cmd: commands.Cmd) -> None:
         match cmd:
             case commands.SendClient(data):
-                if self.client.transport is not None:
-                    self.client.transport.write(data)
+                send(self.client.transport, data)
             case commands.SendBackend(data):
-                if self.backend_side is not None and self.backend_side.transport is not None:
-                    self.backend_side.transport.write(data)
+                if self.backend_side is not None:
+                    send(self.backend_side.transport, data)
             case commands.AbortBackend():
                 self._abort_backend()
             case commands.ConnectBackend(user):

@@ -95,7 +95,8 @@ class Endpoint(Side):
             if self.side == 1:
                 relay.backend_spoke()
         elif peer.transport is not None and not peer.closed:
-            peer.transport.write(data)
+            if not peer.transport.is_closing():  # (TLS warns of every write after)
+                peer.transport.write(data)
             if relay.splice_pending and self.bytes_read + peer.bytes_read >= SPLICE_AFTER:
                 relay.try_splice()
 
@@ -412,6 +413,13 @@ FINISHED = Relay(_ignore)
 FINISHED._done = True
 
 
+def send(transport: asyncio.WriteTransport | None, data: bytes) -> None:
+    """Write unless the transport is gone or closing (a closed TLS transport
+    logs a warning for every write after its end)."""
+    if transport is not None and not transport.is_closing():
+        transport.write(data)
+
+
 def reset(connection: asyncio.BaseTransport | socket.socket) -> None:
     """Close with a TCP reset, not a FIN: the peer must learn that the stream is
     incomplete. A plain close (what asyncio's abort() does too) ends an
@@ -423,7 +431,10 @@ def reset(connection: asyncio.BaseTransport | socket.socket) -> None:
             connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
         return
     # uvloop's transports implement the interface without subclassing it.
-    sock = connection.get_extra_info("socket")
+    try:
+        sock = connection.get_extra_info("socket")
+    except AttributeError:  # asyncio's TLS transport once closed has no socket to ask
+        return
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
