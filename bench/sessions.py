@@ -51,8 +51,11 @@ from tests.cluster import (  # noqa: E402
 from bench.transfer import machine, start_haproxy, start_mod_proxy, write_block  # noqa: E402
 
 
-async def one_session(host: str, port: int) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
+async def one_session(host: str, port: int, source: str | None = None, file: str = "") -> int:
+    """One session; returns the bytes of its transfer (LIST, or RETR `file`)."""
+    local = (source, 0) if source else None
+    reader, writer = await asyncio.open_connection(host, port, local_addr=local)
+    got = 0
     try:
 
         async def reply() -> bytes:
@@ -74,17 +77,19 @@ async def one_session(host: str, port: int) -> None:
         if b"|" not in line:
             raise ConnectionError(f"EPSV: {line!r}")
         data_port = int(line.split(b"|")[3])
-        data_reader, data_writer = await asyncio.open_connection(host, data_port)
-        writer.write(b"LIST\r\n")
+        data_reader, data_writer = await asyncio.open_connection(host, data_port, local_addr=local)
+        writer.write(f"RETR {file}\r\n".encode() if file else b"LIST\r\n")
         await reply()  # 150
-        while await data_reader.read(65536):
-            pass
+        while chunk := await data_reader.read(262144):
+            got += len(chunk)
         data_writer.close()
-        await reply()  # 226
+        if not (await reply()).startswith(b"226"):
+            raise ConnectionError("transfer failed")
         writer.write(b"QUIT\r\n")
         await reply()
     finally:
         writer.close()
+    return got
 
 
 FAILED: dict[str, int] = {}
@@ -96,11 +101,11 @@ async def rate(host: str, port: int, clients: int, seconds: float) -> float:
     done = 0
     deadline = time.monotonic() + seconds
 
-    async def client() -> None:
+    async def client(source: str) -> None:
         nonlocal done
         while time.monotonic() < deadline:
             try:
-                await one_session(host, port)
+                await one_session(host, port, source)
             except (OSError, ValueError, IndexError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"[:80]
                 FAILED[reason] = FAILED.get(reason, 0) + 1
@@ -109,11 +114,30 @@ async def rate(host: str, port: int, clients: int, seconds: float) -> float:
             done += 1
 
     started = time.monotonic()
-    await asyncio.gather(*(client() for _ in range(clients)))
+    # Each client from its own address, as real ones are (inspect mode shares
+    # its data ports between addresses, not within one).
+    await asyncio.gather(*(client(f"127.0.0.{100 + i}") for i in range(clients)))
     return done / (time.monotonic() - started)
 
 
+BIG = 8 << 20
+
+
+async def concurrent(host: str, port: int, clients: int) -> float:
+    """MiB/s of `clients` simultaneous downloads of an 8 MiB file, each client
+    from its own address, every byte counted."""
+    started = time.monotonic()
+    sizes = await asyncio.gather(
+        *(one_session(host, port, f"127.0.0.{100 + i}", "big.bin") for i in range(clients))
+    )
+    if any(size != BIG for size in sizes):
+        raise ConnectionError(f"short downloads: {[s for s in sizes if s != BIG][:4]}")
+    return clients * BIG / (1 << 20) / (time.monotonic() - started)
+
+
 MOD_PROXY = "ProFTPD mod_proxy (inspect peer)"
+INSPECT = "ftplb inspect, 1,000 data ports"
+INSPECT_20 = "ftplb inspect, 20 shared data ports"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -184,6 +208,7 @@ def main() -> int:
             b = c.add_backend(proxy_protocol=False, passive_size=200)
             for n in range(5):
                 (b.root / f"f{n}.txt").write_text("x" * 100)
+            (b.root / "big.bin").write_bytes(os.urandom(BIG))
         c.start_balancer(send_proxy="off", balance="leastconn")
         # The same balancer with two worker processes, on its own address
         # (routed mode binds the passive ports there too; EPSV clients follow).
@@ -197,23 +222,35 @@ def main() -> int:
         )
         haproxy_url = start_haproxy(c, Path(tmp), "127.0.0.2", "")
         haproxy_port = int(haproxy_url.rsplit(":", 1)[1].split("/")[0])
-        # Inspect mode, its data ports below the kernel's ephemeral range.
+        # Inspect mode, its data ports below the kernel's ephemeral range: a
+        # port per session (1,000 of them), and 20 shared by all clients.
         inspect_port = free_ports(1, "127.0.0.5")
-        first = free_ports(300, "127.0.0.5")
+        first = free_ports(1000, "127.0.0.5")
         lb3 = c.spawn_balancer(
             "ftplb-inspect",
             send_proxy="off",
             mode="inspect",
             listen=f"127.0.0.5:{inspect_port}",
             public_address="127.0.0.5",
-            data_ports=f"{first}-{first + 299}",
+            data_ports=f"{first}-{first + 999}",
+        )
+        shared_port = free_ports(1, "127.0.0.6")
+        first = free_ports(20, "127.0.0.6")
+        lb4 = c.spawn_balancer(
+            "ftplb-inspect-20",
+            send_proxy="off",
+            mode="inspect",
+            listen=f"127.0.0.6:{shared_port}",
+            public_address="127.0.0.6",
+            data_ports=f"{first}-{first + 19}",
         )
         targets = {
             "direct (one backend)": (c.backends[0].host, c.backends[0].port),
             "ftplb routed, 1 process": (BALANCER_HOST, c.balancer_port),
             "ftplb routed, 2 workers": ("127.0.0.3", port2),
             "HAProxy (rendered)": ("127.0.0.2", haproxy_port),
-            "ftplb inspect, 1 process": ("127.0.0.5", inspect_port),
+            INSPECT: ("127.0.0.5", inspect_port),
+            INSPECT_20: ("127.0.0.6", shared_port),
         }
         assert c.balancer is not None
         haproxy_pid = next(p for p in c.processes if p.name.startswith("haproxy")).popen.pid
@@ -221,7 +258,8 @@ def main() -> int:
             "ftplb routed, 1 process": c.balancer.popen.pid,
             "ftplb routed, 2 workers": lb2.popen.pid,
             "HAProxy (rendered)": haproxy_pid,
-            "ftplb inspect, 1 process": lb3.popen.pid,
+            INSPECT: lb3.popen.pid,
+            INSPECT_20: lb4.popen.pid,
         }
         mod_proxy = start_mod_proxy(c, *c.backends, passive=300)
         if mod_proxy is not None:
@@ -247,6 +285,13 @@ def main() -> int:
                     if name in pids:
                         used = cpu_seconds(pids[name]) - before
                         cpu.setdefault((name, clients), []).append(1000 * used / sessions)
+        throughput: dict[tuple[str, int], list[float]] = {}
+        for _ in range(args.rounds):
+            for clients in (16, 64):
+                for name in (INSPECT, INSPECT_20):
+                    host, port = targets[name]
+                    value = uvloop.run(concurrent(host, port, clients))
+                    throughput.setdefault((name, clients), []).append(value)
         idle_rows = idle_rss(c, Path(tmp), idle)
 
     lines = [
@@ -278,6 +323,17 @@ def main() -> int:
         if (name, 1) in cpu:
             cells = [f"{statistics.median(cpu[(name, n)]):.2f}" for n in (1, 16, 64)]
             lines.append(f"| {name} | {' | '.join(cells)} |")
+    lines += [
+        "",
+        "Concurrent downloads through inspect mode (8 MiB each, every client from its own"
+        " address, all started at once), MiB/s, median:",
+        "",
+        "| data ports | 16 at once | 64 at once |",
+        "|---|---:|---:|",
+    ]
+    for name in (INSPECT, INSPECT_20):
+        cells = [f"{statistics.median(throughput[(name, n)]):,.0f}" for n in (16, 64)]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
     lines += [
         "",
         f"Idle control sessions held open: {idle:,} (file limit {hard:,}; each costs the"

@@ -15,10 +15,10 @@ import ssl
 from collections import Counter
 from typing import Protocol
 
-from ftplb.balancer.dataports import DataPorts
 from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config, HostPort
 from ftplb.io.data import DataChannel, DataSettings
+from ftplb.io.passive import PassiveListeners
 from ftplb.io.relay import Side, client_addresses, enable_keepalive, send
 from ftplb.io.sessions import Dialer, Tasks
 from ftplb.io.tls import BackendTLS, upgrade
@@ -39,7 +39,7 @@ class Host(Protocol):
     loop: asyncio.AbstractEventLoop
     tls: ssl.SSLContext | None
     backend_tls: ssl.SSLContext | None
-    ports: DataPorts
+    listeners: PassiveListeners
     splice: bool
     sessions: set[ControlSession]
     rejected: Counter[str]
@@ -464,7 +464,7 @@ class ControlSession:
         async def go() -> None:
             try:
                 port = await channel.listen(
-                    self._source_host(), self.balancer.ports, client_ip, backend, b.data_timeout
+                    self._source_host(), self.balancer.listeners, client_ip, backend, b.data_timeout
                 )
             except OSError as exc:
                 log.warning("%s: cannot open a data port: %s", self.who(), exc)

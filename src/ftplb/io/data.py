@@ -2,10 +2,10 @@
 
 A `DataChannel` pairs the client's data connection with one to the backend's
 passive port and relays between them (`io.relay.Relay`). In passive mode the
-client's side is accepted on a port from `data_ports`, only from the control
-connection's client address; in active mode both sides are connected by us,
-the client's first. What happens to it is told to its `DataOwner` (the
-control session).
+client's side arrives on a shared port from `data_ports` (io/passive.py hands
+it over when it comes from the control connection's client address); in
+active mode both sides are connected by us, the client's first. What happens
+to it is told to its `DataOwner` (the control session).
 
 Sockets we connect are armed to reset until the join (`relay.armed_socket`):
 a channel dropped half-made must not look to either peer like an empty,
@@ -20,14 +20,13 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Protocol
 
-from ftplb.balancer.dataports import DataPorts
-from ftplb.io.relay import Relay, armed_socket, client_addresses, disarm, peer_address, reset
+from ftplb.io.passive import PassiveListeners
+from ftplb.io.relay import Relay, armed_socket, client_addresses, disarm, reset
 from ftplb.io.sessions import Tasks
 from ftplb.io.tls import BackendTLS, ResumingContext, handshake_failure, tls_protocol
 from ftplb.proto import proxy_protocol
-from ftplb.proto.addresses import same_host
 
 log = logging.getLogger("ftplb.data")
 
@@ -81,20 +80,6 @@ class DataSettings:
     """A plain channel may be handed to the kernel past SPLICE_AFTER bytes."""
 
 
-class _TLSAccept(asyncio.Protocol):
-    """A passive PROT P data connection until its TLS handshake starts."""
-
-    def __init__(self, channel: DataChannel, client_ip: str, backend: tuple[str, int]) -> None:
-        self.channel = channel
-        self.client_ip = client_ip
-        self.backend = backend
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.channel._tls_accepted_raw(
-            cast(asyncio.Transport, transport), self.client_ip, self.backend
-        )
-
-
 class DataChannel:
     """One data connection pair and what becomes of it."""
 
@@ -106,9 +91,10 @@ class DataChannel:
         self.backend_tls: BackendTLS | None = None
         """Set when the backend's side is TLS too (backend_tls with PROT P)."""
         self.relay: Relay | None = None
-        self.server: asyncio.Server | None = None
-        self._listening: tuple[DataPorts, int] | None = None
-        """The port `server` holds, to give back when it closes."""
+        self._listening: tuple[PassiveListeners, int, str] | None = None
+        """Where we wait for the client: (listeners, port, client address)."""
+        self._backend_address: tuple[str, int] | None = None
+        """Passive mode: the backend's data port, connected once the client is here."""
         self.closed = False
         self.mode = "active"
         self.loop = asyncio.get_running_loop()
@@ -116,7 +102,6 @@ class DataChannel:
         self._timer: asyncio.TimerHandle | None = None
         self._opened = False
         self._header_sent = False
-        self._refused: set[Relay] = set()
         self._armed: list[socket.socket] = []
         """Sockets we connected that reset when closed, until the join."""
 
@@ -125,80 +110,47 @@ class DataChannel:
     async def listen(
         self,
         host: str,
-        ports: DataPorts,
+        listeners: PassiveListeners,
         client_ip: str,
         backend: tuple[str, int],
         timeout: float,
     ) -> int:
-        """Open a listener on a free port of `ports`; returns the port. Raises OSError."""
+        """Wait for `client_ip` on a shared port on `host`; returns the port.
+        Raises OSError."""
         self.mode = "passive"
-        last_error: OSError | None = None
-        for _ in range(DataPorts.BIND_ATTEMPTS):
-            port = ports.take()
-            if port is None:
-                break
-            try:
-                self.server = await self.loop.create_server(
-                    lambda: self._accept_protocol(client_ip, backend),
-                    host,
-                    port,
-                    reuse_address=True,
-                    backlog=8,
-                )
-            except OSError as exc:
-                ports.release(port)
-                last_error = exc
-                continue
-            self._listening = (ports, port)
-            if self.closed:  # closed while we were binding
-                self._stop_listening()
-                raise OSError("data channel closed")
-            self._timer = self.loop.call_later(timeout, self._listen_timeout, timeout)
-            return port
-        raise last_error or OSError(f"all {len(ports.ports)} data ports in use")
+        self._backend_address = backend
+        port = await listeners.announce(host, client_ip, self)
+        self._listening = (listeners, port, client_ip)
+        if self.closed:  # closed while the port was opening
+            self._stop_listening()
+            raise OSError("data channel closed")
+        self._timer = self.loop.call_later(timeout, self._listen_timeout, timeout)
+        return port
 
-    def _accept_protocol(self, client_ip: str, backend: tuple[str, int]) -> asyncio.Protocol:
-        if self.tls is not None:
-            return _TLSAccept(self, client_ip, backend)
-        relay = Relay(self._relay_closed)
-        relay.on_client = lambda: self._accepted(relay, client_ip, backend)
-        return relay.client
-
-    def _admit(self, transport: asyncio.Transport, client_ip: str) -> bool:
-        """Only the session's client, and only once: else refuse and keep listening."""
-        peer = peer_address(transport)
-        if same_host(peer[0], client_ip) and self.relay is None and not self.closed:
-            return True
-        # PASV hijacking (or a second connection).
-        log.warning(
-            "%s: data connection from %s:%d refused (the session's client is %s)",
-            self.label,
-            peer[0],
-            peer[1],
-            client_ip,
-        )
-        transport.abort()
-        return False
-
-    def _accepted(self, relay: Relay, client_ip: str, backend: tuple[str, int]) -> None:
-        transport = relay.client.transport
-        assert transport is not None
-        if not self._admit(transport, client_ip):
-            self._refused.add(relay)
-            return
-        self.relay = relay
+    def data_arrived(self, transport: asyncio.Transport) -> None:
+        """Our client connected to our port (io/passive.py matched it): only once,
+        since we stop waiting at once."""
         self._stop_listening()
+        backend = self._backend_address
+        if self.closed or self.relay is not None or backend is None:
+            transport.abort()
+            return
+        if self.tls is not None:
+            self._tls_accepted_raw(transport, backend)
+            return
+        relay = self.relay = Relay(self._relay_closed)
+        relay.on_client = lambda: self._accepted(backend)
+        transport.set_protocol(relay.client)
+        relay.client.connection_made(transport)
+
+    def _accepted(self, backend: tuple[str, int]) -> None:
         self.connect_backend(backend)
         self.owner.data_client_accepted()
 
-    def _tls_accepted_raw(
-        self, transport: asyncio.Transport, client_ip: str, backend: tuple[str, int]
-    ) -> None:
+    def _tls_accepted_raw(self, transport: asyncio.Transport, backend: tuple[str, int]) -> None:
         """PROT P, passive: a TCP connection from the client. Connect the backend
         while the client's handshake runs: vsftpd sends its 150 only once we are
         connected, and lftp starts its handshake only after the 150."""
-        if not self._admit(transport, client_ip):
-            return
         relay = self.relay = Relay(self._relay_closed)
         relay.on_client = lambda: self._handshake_done(relay)
         assert self.tls is not None
@@ -207,7 +159,6 @@ class DataChannel:
         )
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
-        self._stop_listening()
         self.connect_backend(backend)
         self.owner.data_client_accepted()
         self._tasks.spawn(self._handshake(transport, handshake, "client data TLS handshake"))
@@ -253,12 +204,9 @@ class DataChannel:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.server is not None:
-            self.server.close()
-            self.server = None
         if self._listening is not None:
-            ports, port = self._listening
-            ports.release(port)
+            listeners, port, client_ip = self._listening
+            listeners.withdraw(port, client_ip, self)
             self._listening = None
 
     # -- connections we make
@@ -441,9 +389,6 @@ class DataChannel:
     # -- the end
 
     def _relay_closed(self, relay: Relay) -> None:
-        if relay in self._refused:
-            self._refused.discard(relay)
-            return
         if relay is self.relay:
             self.closed = True
             self._stop_listening()

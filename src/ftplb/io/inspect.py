@@ -14,6 +14,7 @@ from ftplb.balancer.dataports import DataPorts
 from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config
 from ftplb.io.control import ControlSession
+from ftplb.io.passive import PassiveListeners
 from ftplb.io.relay import control_listener
 from ftplb.io.sessions import SessionCounts, listen, sockets_of
 from ftplb.io.tls import backend_context, load_server_certificate, server_context
@@ -37,6 +38,7 @@ class InspectBalancer:
         # Each worker listens on its own slice: a data connection reaches the
         # worker that announced the port.
         self.ports = DataPorts(b.data_ports.slice(self.shared.worker, self.shared.workers))
+        self.listeners = PassiveListeners(self.ports)
         self.servers: list[asyncio.Server] = []
         self.sessions: set[ControlSession] = set()
         self.counts = SessionCounts(self.shared)
@@ -115,6 +117,7 @@ class InspectBalancer:
     def close_sessions(self) -> None:
         for session in list(self.sessions):
             session.close("balancer stopping")
+        self.listeners.close()  # (their sessions gave them back: none should be left)
 
     def stats(self) -> dict[str, Any]:
         """Counters for the admin API (admin/source.py)."""

@@ -1,0 +1,155 @@
+"""Inspect mode's passive listeners, shared between sessions.
+
+One listener per data port in use (per local address), open while at least
+one session waits on it. A connection is handed to the session that waits
+on that port for that client address (balancer/dataports.py); anyone else
+is refused and logged, as a PASV hijack would be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Protocol, cast
+
+from ftplb.balancer.dataports import DataPorts, client_key
+from ftplb.io.relay import peer_address
+
+log = logging.getLogger("ftplb.data")
+
+BACKLOG = 256
+"""Per shared port: many clients may connect to one port at the same moment."""
+
+
+class Waiter(Protocol):
+    """A session's data channel waiting for its client's connection."""
+
+    label: str
+
+    def data_arrived(self, transport: asyncio.Transport) -> None:
+        """The client connected: the transport is the waiter's from now on."""
+
+
+class PassiveListeners:
+    """The listeners of one process's share of `data_ports`."""
+
+    def __init__(self, ports: DataPorts) -> None:
+        self.ports = ports
+        self.loop = asyncio.get_running_loop()
+        self._servers: dict[tuple[str, int], asyncio.Server] = {}
+        self._opening: dict[tuple[str, int], asyncio.Future[None]] = {}
+        self._users: Counter[tuple[str, int]] = Counter()
+        self._waiting: dict[tuple[int, str], tuple[str, Waiter]] = {}
+        self.refused = 0
+        """Connections nobody waited for (hijack attempts, late or second connections)."""
+
+    async def announce(self, host: str, client_ip: str, waiter: Waiter) -> int:
+        """A port on `host` where `waiter` now waits for `client_ip`. Raises OSError."""
+        key = client_key(client_ip)
+        unusable: set[int] = set()
+        last_error: OSError | None = None
+        for _ in range(DataPorts.BIND_ATTEMPTS):
+            port = self.ports.take(key, frozenset(unusable))
+            if port is None:
+                break
+            self._waiting[(port, key)] = (host, waiter)
+            self._users[(host, port)] += 1
+            try:
+                await self._open(host, port)
+            except OSError as exc:
+                self.withdraw(port, key, waiter)
+                unusable.add(port)
+                last_error = exc
+                continue
+            if self._waiting.get((port, key)) != (host, waiter):
+                raise OSError("withdrawn while the port was opening")
+            return port
+        raise last_error or OSError(f"every data port is in use for {client_ip}")
+
+    async def _open(self, host: str, port: int) -> None:
+        at = (host, port)
+        if at in self._servers:
+            return
+        opening = self._opening.get(at)
+        if opening is not None:
+            await asyncio.shield(opening)
+            return
+        opening = self._opening[at] = self.loop.create_future()
+        try:
+            server = await self.loop.create_server(
+                lambda: _Arrival(self, host, port),
+                host,
+                port,
+                reuse_address=True,
+                backlog=BACKLOG,
+            )
+        except OSError as exc:
+            opening.set_exception(exc)
+            opening.exception()  # whoever else waited has it; no "never retrieved"
+            raise
+        finally:
+            del self._opening[at]
+        if self._users[at] > 0:
+            self._servers[at] = server
+        else:  # everyone gave up while it opened
+            server.close()
+            del self._users[at]
+        if not opening.done():
+            opening.set_result(None)
+
+    def withdraw(self, port: int, client_ip: str, waiter: Waiter) -> None:
+        """`waiter` no longer waits (connected, timed out or gone)."""
+        key = client_key(client_ip)
+        entry = self._waiting.get((port, key))
+        if entry is None or entry[1] is not waiter:
+            return
+        host = entry[0]
+        del self._waiting[(port, key)]
+        self.ports.release(port, key)
+        at = (host, port)
+        self._users[at] -= 1
+        if self._users[at] <= 0:
+            del self._users[at]
+            server = self._servers.pop(at, None)
+            if server is not None:
+                server.close()
+
+    def arrived(self, host: str, port: int, transport: asyncio.Transport) -> None:
+        peer = peer_address(transport)
+        entry = self._waiting.get((port, client_key(peer[0])))
+        if entry is None or entry[0] != host:
+            self.refused += 1
+            log.warning(
+                "data connection from %s:%d to port %d refused: no session of that "
+                "client waits on it",
+                peer[0],
+                peer[1],
+                port,
+            )
+            transport.abort()
+            return
+        entry[1].data_arrived(transport)
+
+    @property
+    def open_ports(self) -> int:
+        return len(self._servers)
+
+    def close(self) -> None:
+        for server in self._servers.values():
+            server.close()
+        self._servers.clear()
+
+
+class _Arrival(asyncio.Protocol):
+    """A new connection to a shared port, until it is handed to its session."""
+
+    __slots__ = ("host", "listeners", "port")
+
+    def __init__(self, listeners: PassiveListeners, host: str, port: int) -> None:
+        self.listeners = listeners
+        self.host = host
+        self.port = port
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.listeners.arrived(self.host, self.port, cast(asyncio.Transport, transport))
