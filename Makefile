@@ -10,7 +10,10 @@ FTPD_LIBS := libacl1 libcap2 libcrypt1 libhiredis0.14 libidn2-0 libmemcached11 \
 	libmemcachedutil2 libncursesw6 libpam0g libpcre2-8-0 libpcre2-posix3 libssl3 \
 	libtinfo6 zlib1g libsodium23 libsqlite3-0
 DEB_PACKAGES := curl lftp vsftpd haproxy iproute2 nftables iptables openssl chromium \
-	$(FTPD_LIBS)
+	dnsmasq-base $(FTPD_LIBS)
+# kubectl (render kubernetes is checked with `kubectl kustomize`): Debian's
+# kubernetes-client, unless a kubectl from elsewhere is already installed
+# (the two packages would fight over /usr/bin/kubectl).
 UNPACKED := proftpd-core pure-ftpd proftpd-mod-proxy
 DEPS_ROOT := .deps/root
 
@@ -28,6 +31,7 @@ venv: $(BIN)/ftplb
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

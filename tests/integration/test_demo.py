@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import selectors
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 from tests.cluster import wait_for
@@ -46,8 +48,11 @@ def test_make_demo_serves_the_printed_url() -> None:
         start_new_session=True,  # our own process group, so Ctrl-C reaches only it
     )
     try:
-        line = read_until(proc, r"curl (ftp://\S+)\n", timeout=60)
-        url = line.split()[1]
+        text = read_until(
+            proc, r"curl ftp://\S+\n[\s\S]*?status page \(live\): http://\S+\n", timeout=60
+        )
+        url = text.split()[1]
+        page = text.split()[-1]
         assert url == "ftp://demo:demo@127.0.0.1:2121/"
         listing = subprocess.run(
             [need("curl"), "-sS", "--max-time", "20", "--list-only", url],
@@ -62,6 +67,17 @@ def test_make_demo_serves_the_printed_url() -> None:
             timeout=30,
         )
         assert re.match(rb"Hello from backend ftp[123]\.", readme.stdout), readme.stdout
+        # The live status page, as printed: the demo's three backends, all up.
+        assert page == "http://127.0.0.1:8021/"
+        with urllib.request.urlopen(page, timeout=10) as r:
+            assert r.status == 200 and b"<html" in r.read().lower()
+        with urllib.request.urlopen(page + "api/backends", timeout=10) as r:
+            backends = json.load(r)
+        assert [(b["name"], b["state"]) for b in backends] == [
+            ("ftp1", "UP"),
+            ("ftp2", "UP"),
+            ("ftp3", "UP"),
+        ]
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         try:

@@ -347,6 +347,47 @@ BAD_INSPECT = [
         "balancer.data_listen",
         "127.0.0.1 is IPv4 but listen ([::1]:2121) is IPv6",
     ),
+    # Clouds: accept_proxy, [public_addresses], discovery.
+    (
+        "workers = 1",
+        'workers = 1\naccept_proxy = ["10.0.0.0/8", "10.0.0.0/33"]',
+        "balancer.accept_proxy[1]",
+        "'10.0.0.0/33' is not a network (CIDR",
+    ),
+    ("workers = 1", "workers = 1\naccept_proxy = [8]", "balancer.accept_proxy[0]", "got 8"),
+    ("workers = 1", 'workers = 1\naccept_proxy = "10.0.0.0/8"', "balancer.accept_proxy", "list"),
+    (
+        "workers = 1",
+        'workers = 1\n[public_addresses]\n"192.168.0.0/16" = "192.168.1.10"\n"lan" = "10.0.0.1"',
+        "public_addresses.lan",
+        "'lan' is not a network",
+    ),
+    (
+        "workers = 1",
+        'workers = 1\n[public_addresses]\n"192.168.0.0/16" = "gateway"',
+        "public_addresses.192.168.0.0/16",
+        "'gateway' is not an IP address",
+    ),
+    (
+        'address = "127.0.1.1:21"',
+        'address = "127.0.1.1:21"\ndiscover = "dns"',
+        "backends[0].discover",
+        "127.0.1.1 is an IP address: discovery needs a host name",
+    ),
+    (
+        'address = "127.0.1.1:21"',
+        'address = "ftp.internal:21"\ndiscover = "consul"',
+        "backends[0].discover",
+        "not one of",
+    ),
+    (
+        "workers = 1",
+        'workers = 1\n[discovery]\nnameservers = ["127.0.0.1:53", "dns.example"]',
+        "discovery.nameservers[1]",
+        "an IP address, optionally with :port",
+    ),
+    ("workers = 1", "workers = 1\n[discovery]\ninterval = 0", "discovery.interval", "range"),
+    ("workers = 1", "workers = 1\n[discovery]\nttl = 5", "discovery.ttl", "unknown"),
 ]
 
 
@@ -375,6 +416,47 @@ def test_bad_inspect_config_names_field_and_reason(
         load_config(path)
     assert (info.value.file, info.value.field) == (str(path), field)
     assert reason in info.value.reason
+
+
+def test_cloud_keys(tmp_path: Path) -> None:
+    text = INSPECT.replace(
+        'public_address = "127.0.0.1"',
+        'public_address = "auto"\naccept_proxy = ["10.0.0.0/8", "2001:db8::1"]',
+    ).replace('address = "127.0.1.1:21"', 'address = "ftp-pool.internal:21"\ndiscover = "dns"')
+    text += (
+        '\n[public_addresses]\n"192.168.0.0/16" = "192.168.1.10"\n"192.168.5.0/24" = "auto"\n'
+        '\n[discovery]\nnameservers = ["127.0.0.53", "[::1]:5353"]\ninterval = 2.5\n'
+    )
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.balancer.public_address == "auto"
+    assert cfg.balancer.accept_proxy == ("10.0.0.0/8", "2001:db8::1/128")
+    # Most specific first.
+    assert cfg.public_addresses == (("192.168.5.0/24", "auto"), ("192.168.0.0/16", "192.168.1.10"))
+    assert cfg.backends[0].discover == "dns"
+    assert [str(n) for n in cfg.discovery.nameservers] == ["127.0.0.53:53", "[::1]:5353"]
+    assert cfg.discovery.interval == 2.5
+    assert cfg.public_address_for("192.168.5.9", "127.0.0.1") == "127.0.0.1"  # auto: reached
+    assert cfg.public_address_for("192.168.7.9", "127.0.0.1") == "192.168.1.10"
+    assert cfg.public_address_for("::ffff:192.168.7.9", "127.0.0.1") == "192.168.1.10"
+    assert cfg.public_address_for("203.0.113.5", "10.1.1.1") == "10.1.1.1"  # auto
+
+
+def test_cloud_keys_need_inspect_mode(tmp_path: Path) -> None:
+    routed = [
+        (GOOD.replace('public_address = "127.0.0.1"', 'public_address = "auto"'), "balancer"),
+        (GOOD + '\n[public_addresses]\n"10.0.0.0/8" = "10.0.0.1"\n', "public_addresses"),
+        (
+            GOOD.replace(
+                'address = "127.0.1.1:21"', 'address = "pool.internal:21"\ndiscover = "dns"'
+            ),
+            "backends[0]",
+        ),
+    ]
+    for text, where in routed:
+        with pytest.raises(ConfigError) as info:
+            load_config(write(tmp_path, text))
+        assert info.value.field.startswith(where), info.value
+        assert 'mode = "inspect"' in info.value.reason
 
 
 def test_listeners_that_cannot_collide_are_accepted(tmp_path: Path) -> None:

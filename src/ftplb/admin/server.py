@@ -50,6 +50,7 @@ class AdminServer:
                 web.get("/", self.index),
                 web.get("/static/{name}", self.static),
                 web.get("/metrics", self.metrics),
+                web.get("/healthz", self.healthz),
                 web.get("/api/status", self.status),
                 web.get("/api/backends", self.backends),
                 web.post("/api/backends/{name}/{action:drain|enable|disable}", self.action),
@@ -136,6 +137,16 @@ class AdminServer:
                 "token_required": bool(self.source.config.admin.token),
                 "time": time.time(),
             }
+        )
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """Readiness and liveness (Kubernetes probes, keepalived's track script):
+        200 while at least one backend can take a new session, else 503."""
+        backends = (await self.source.snapshot())["backends"]
+        up = sum(1 for b in backends if b["state"] == "UP" and b["weight"] > 0)
+        return web.json_response(
+            {"status": "ok" if up else "no backend up", "up": up, "backends": len(backends)},
+            status=200 if up else 503,
         )
 
     async def backends(self, request: web.Request) -> web.Response:

@@ -24,6 +24,7 @@ from ftplb.config.model import (
     BackendConfig,
     BalancerConfig,
     Config,
+    DiscoveryConfig,
     HealthConfig,
     HostPort,
     LogConfig,
@@ -77,9 +78,15 @@ def parse_config(data: dict[str, Any], file: str = "<config>") -> Config:
         )
     users = _parse_users(Table(file, "users", top.get("users", dict, {})), backends, balancer)
     log = _parse_log(Table(file, "log", top.get("log", dict, {})))
+    public_addresses = _parse_public_addresses(
+        Table(file, "public_addresses", top.get("public_addresses", dict, {})), balancer
+    )
+    discovery = _parse_discovery(Table(file, "discovery", top.get("discovery", dict, {})))
     top.finish()
     _check_listeners(file, balancer, tls, admin, backends)
-    return Config(file, balancer, health, tls, admin, backends, log, users)
+    return Config(
+        file, balancer, health, tls, admin, backends, log, users, public_addresses, discovery
+    )
 
 
 def _may_collide(a: str, b: str) -> bool:
@@ -169,7 +176,15 @@ def _parse_users(
 def _parse_balancer(t: Table) -> BalancerConfig:
     d = BalancerConfig()
     listen = t.parsed("listen", parse_host_port, d.listen)
-    public = t.parsed("public_address", parse_ip, "")
+    public = t.get("public_address", str, "")
+    if public == "auto":
+        if t.data.get("mode", d.mode) != "inspect":
+            raise t.error(
+                "public_address",
+                '"auto" needs mode = "inspect" (routed backends announce their own address)',
+            )
+    elif public:
+        public = t.parsed("public_address", parse_ip, "")
     if not public:
         if ipaddress.ip_address(listen.host).is_unspecified:
             # Backends masquerade as this and inspect mode advertises it: a
@@ -204,6 +219,7 @@ def _parse_balancer(t: Table) -> BalancerConfig:
         shutdown_timeout=t.number("shutdown_timeout", d.shutdown_timeout, low=0, high=86400),
         workers=_workers(t),
         backlog=t.number("backlog", d.backlog, low=0, high=1_000_000, integer=True),
+        accept_proxy=_networks(t, "accept_proxy"),
     )
     if cfg.data_listen and _family(cfg.data_listen) != _family(listen.host):
         # Clients reach listen; a data listener of the other family is never
@@ -223,6 +239,73 @@ def _parse_balancer(t: Table) -> BalancerConfig:
         raise t.error("balance", '"user" needs mode = "inspect" (routed mode never sees USER)')
     t.finish()
     return cfg
+
+
+def _networks(t: Table, key: str) -> tuple[str, ...]:
+    """A list of networks in CIDR notation (a bare address is its /32 or /128)."""
+    items = t.get(key, list, [])
+    networks: list[str] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise t.error(f"{key}[{i}]", f'expected a network such as "10.0.0.0/8", got {item!r}')
+        networks.append(_network(t, f"{key}[{i}]", item))
+    return tuple(networks)
+
+
+def _network(t: Table, key: str, text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=False))
+    except ValueError:
+        raise t.error(key, f"{text!r} is not a network (CIDR, such as 10.0.0.0/8)") from None
+
+
+def _parse_public_addresses(t: Table, balancer: BalancerConfig) -> tuple[tuple[str, str], ...]:
+    """Client network -> the address PASV tells it; the most specific first."""
+    if t.data and balancer.mode != "inspect":
+        raise ConfigError(t.file, "public_addresses", 'needs mode = "inspect"')
+    pairs: list[tuple[str, str]] = []
+    for key in t.data:
+        network = _network(t, key, key)
+        value = t.get(key, str, "")
+        if value != "auto":
+            try:
+                value = parse_ip(value)
+            except ValueError:
+                raise t.error(key, f'{value!r} is not an IP address (or "auto")') from None
+        pairs.append((network, value))
+    pairs.sort(key=lambda pair: -ipaddress.ip_network(pair[0]).prefixlen)
+    return tuple(pairs)
+
+
+def _parse_discovery(t: Table) -> DiscoveryConfig:
+    d = DiscoveryConfig()
+    servers = t.get("nameservers", list, [])
+    nameservers: list[HostPort] = []
+    for i, item in enumerate(servers):
+        key = f"nameservers[{i}]"
+        if not isinstance(item, str):
+            raise t.error(key, f'expected an address such as "10.0.0.10:53", got {item!r}')
+        try:
+            nameservers.append(HostPort(parse_ip(item), 53))
+        except ValueError:
+            try:
+                nameservers.append(parse_host_port(item))
+            except ValueError as exc:
+                raise t.error(key, f"{exc} (an IP address, optionally with :port)") from None
+    cfg = DiscoveryConfig(
+        nameservers=tuple(nameservers),
+        interval=t.number("interval", d.interval, low=0.5, high=86400),
+    )
+    t.finish()
+    return cfg
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _family(host: str) -> str:
@@ -357,7 +440,17 @@ def _parse_backends(
             implicit_address=t.parsed(
                 "implicit_address", lambda s: parse_host_port(s, allow_hostname=True), None
             ),
+            discover=t.choice("discover", ("dns",), "dns") if "discover" in t.data else "",
         )
+        if b.discover:
+            if balancer.mode != "inspect":
+                raise t.error(
+                    "discover", 'needs mode = "inspect" (routed backends each own a range)'
+                )
+            if _is_ip(b.address.host):
+                raise t.error(
+                    "discover", f"{b.address.host} is an IP address: discovery needs a host name"
+                )
         t.finish()
         for j, other in enumerate(backends):
             if other.name == b.name:

@@ -6,6 +6,7 @@ docstrings here are the reference (docs/configuration.md says the same).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ ProxyVersion = Literal["off", "v1", "v2"]
 HealthCheck = Literal["tcp", "ftp"]
 BackendTLSMode = Literal["off", "on", "match"]
 DataPath = Literal["user", "kernel"]
+Discover = Literal["", "dns"]
 
 MODES: tuple[Mode, ...] = ("routed", "inspect")
 BALANCE_POLICIES: tuple[Balance, ...] = ("leastconn", "roundrobin", "source", "random", "user")
@@ -69,7 +71,9 @@ class BalancerConfig:
     listen: HostPort = HostPort("0.0.0.0", 21)
     """Control-channel listener."""
     public_address: str = ""
-    """The address clients reach; what PASV replies carry. Defaults to the host of `listen`."""
+    """The address clients reach; what PASV replies carry. Defaults to the host of
+    `listen`. Inspect mode: "auto", the address the client's control connection
+    reached (or, with `accept_proxy`, the PROXY header's destination)."""
     mode: Mode = "routed"
     """"routed" (backends own passive port ranges) or "inspect" (FTP-aware proxy)."""
     balance: Balance = "leastconn"
@@ -112,6 +116,9 @@ class BalancerConfig:
     file, the default): one per core. The kernel data path runs one."""
     backlog: int = 0
     """Listen backlog of the control and data listeners; 0: the kernel's net.core.somaxconn."""
+    accept_proxy: tuple[str, ...] = ()
+    """Networks (CIDR) whose connections, control and data, must begin with a
+    PROXY v1/v2 header (a cloud load balancer in front); its source is the client."""
 
     def worker_count(self) -> int:
         if self.workers:
@@ -212,6 +219,17 @@ class BackendConfig:
     implicit_address: HostPort | None = None
     """Routed mode with [tls] implicit_listen: the backend's implicit-FTPS
     address (default: its host, port 990)."""
+    discover: Discover = ""
+    """"dns": every A/AAAA record of the address's name is a backend, named
+    NAME-ADDRESS, re-resolved every `discovery.interval` (inspect mode)."""
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    nameservers: tuple[HostPort, ...] = ()
+    """DNS servers asked for `discover = "dns"` backends; empty: the system resolver."""
+    interval: float = 5.0
+    """Seconds between re-resolutions."""
 
 
 @dataclass(frozen=True)
@@ -225,6 +243,28 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     users: dict[str, str] = field(default_factory=dict)
     """Inspect mode: user name -> backend name, pinned before any policy."""
+    public_addresses: tuple[tuple[str, str], ...] = ()
+    """Inspect mode: (client network, address told in PASV), most specific first."""
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+
+    def public_address_for(self, client_ip: str, local_ip: str) -> str:
+        """What PASV tells this client: the most specific `[public_addresses]`
+        network holding it, else `public_address`; "auto" is `local_ip`, the
+        address it reached."""
+        told = self.balancer.public_address
+        if self.public_addresses:
+            try:
+                client = ipaddress.ip_address(client_ip)
+            except ValueError:
+                client = None
+            if client is not None:
+                if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped:
+                    client = client.ipv4_mapped
+                for network, address in self.public_addresses:
+                    if client in ipaddress.ip_network(network):
+                        told = address
+                        break
+        return local_ip if told == "auto" else told
 
     def greeting_timeout(self) -> float:
         """How long a backend may take to greet (a frozen one is given up after it)."""

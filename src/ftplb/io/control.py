@@ -19,7 +19,7 @@ from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config, HostPort
 from ftplb.io.data import DataChannel, DataSettings
 from ftplb.io.passive import PassiveListeners
-from ftplb.io.relay import Side, client_addresses, enable_keepalive, send
+from ftplb.io.relay import Side, enable_keepalive, send
 from ftplb.io.sessions import Dialer, Tasks
 from ftplb.io.tls import BackendTLS, upgrade
 from ftplb.proto import commands, events, proxy_protocol
@@ -130,7 +130,6 @@ class ControlSession:
         self._client_reading = True
         self._tls_starting = False
         self._resume_soon = False
-        balancer.sessions.add(self)
 
     @property
     def backend(self) -> Backend | None:
@@ -139,10 +138,13 @@ class ControlSession:
     # -- events from the sockets
 
     def client_connected(self) -> None:
+        # Known from here on, not before: a session whose implicit-TLS handshake
+        # fails is never connected, and nothing would ever take it out.
+        self.balancer.sessions.add(self)
+        self.started = self.loop.time()
+        self.client_addr, self.local_addr = self.client.addresses()
         transport = self.client.transport
         assert transport is not None
-        self.started = self.loop.time()
-        self.client_addr, self.local_addr = client_addresses(transport)
         refusal = self.balancer.admit(self)
         if refusal:
             transport.write(reply(421, refusal))
@@ -155,7 +157,7 @@ class ControlSession:
         self.core = InspectSession(
             SessionSettings(
                 client=self.client_addr,
-                public_address=b.public_address,
+                public_address=config.public_address_for(self.client_addr[0], self.local_addr[0]),
                 # Pinned users need the name before the choice, whatever the policy.
                 balance_by_user=b.balance == "user" or bool(config.users),
                 login_timeout=b.login_timeout,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ftplb.io.passive import PassiveListeners
-from ftplb.io.relay import Relay, armed_socket, client_addresses, disarm, reset
+from ftplb.io.relay import Addresses, Relay, armed_socket, disarm, reset
 from ftplb.io.sessions import Tasks
 from ftplb.io.tls import BackendTLS, ResumingContext, handshake_failure, tls_protocol
 from ftplb.proto import proxy_protocol
@@ -127,18 +127,19 @@ class DataChannel:
         self._timer = self.loop.call_later(timeout, self._listen_timeout, timeout)
         return port
 
-    def data_arrived(self, transport: asyncio.Transport) -> None:
+    def data_arrived(self, transport: asyncio.Transport, proxied: Addresses | None) -> None:
         """Our client connected to our port (io/passive.py matched it): only once,
-        since we stop waiting at once."""
+        since we stop waiting at once. `proxied`: its PROXY header's addresses."""
         self._stop_listening()
         backend = self._backend_address
         if self.closed or self.relay is not None or backend is None:
             transport.abort()
             return
         if self.tls is not None:
-            self._tls_accepted_raw(transport, backend)
+            self._tls_accepted_raw(transport, backend, proxied)
             return
         relay = self.relay = Relay(self._relay_closed)
+        relay.client.proxied = proxied
         relay.on_client = lambda: self._accepted(backend)
         transport.set_protocol(relay.client)
         relay.client.connection_made(transport)
@@ -147,11 +148,14 @@ class DataChannel:
         self.connect_backend(backend)
         self.owner.data_client_accepted()
 
-    def _tls_accepted_raw(self, transport: asyncio.Transport, backend: tuple[str, int]) -> None:
+    def _tls_accepted_raw(
+        self, transport: asyncio.Transport, backend: tuple[str, int], proxied: Addresses | None
+    ) -> None:
         """PROT P, passive: a TCP connection from the client. Connect the backend
         while the client's handshake runs: vsftpd sends its 150 only once we are
         connected, and lftp starts its handshake only after the 150."""
         relay = self.relay = Relay(self._relay_closed)
+        relay.client.proxied = proxied
         relay.on_client = lambda: self._handshake_done(relay)
         assert self.tls is not None
         protocol, handshake = tls_protocol(
@@ -362,7 +366,7 @@ class DataChannel:
             return b""
         relay = self.relay
         if relay is not None and relay.client.transport is not None:
-            peer, local = client_addresses(relay.client.transport)
+            peer, local = relay.client.addresses()
         elif self.settings.control_addresses is not None:
             peer, local = self.settings.control_addresses
         else:

@@ -103,6 +103,9 @@ class HealthChecker:
 
     async def first_round(self) -> None:
         """One check of every backend, in parallel: bounded by the check timeout."""
+        h = self.config.health
+        for b in self.pool.backends:  # discovered since we were made
+            self.trackers.setdefault(b.name, HealthTracker(h.rise, h.fall))
         await asyncio.gather(*(self.check(b) for b in self.pool.backends))
 
     def start(self) -> None:

@@ -15,9 +15,10 @@ from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config
 from ftplb.io.control import ControlSession
 from ftplb.io.passive import PassiveListeners
-from ftplb.io.relay import control_listener
+from ftplb.io.proxied import Networks, front
+from ftplb.io.relay import Addresses, control_listener
 from ftplb.io.sessions import SessionCounts, listen, sockets_of
-from ftplb.io.tls import backend_context, load_server_certificate, server_context
+from ftplb.io.tls import backend_context, load_server_certificate, server_context, tls_protocol
 from ftplb.shared import Shared
 
 log = logging.getLogger("ftplb.session")
@@ -38,7 +39,9 @@ class InspectBalancer:
         # Each worker listens on its own slice: a data connection reaches the
         # worker that announced the port.
         self.ports = DataPorts(b.data_ports.slice(self.shared.worker, self.shared.workers))
-        self.listeners = PassiveListeners(self.ports)
+        self.networks = Networks(b.accept_proxy)
+        """accept_proxy: who must begin with a PROXY header (io/proxied.py)."""
+        self.listeners = PassiveListeners(self.ports, self.networks)
         self.servers: list[asyncio.Server] = []
         self.sessions: set[ControlSession] = set()
         self.counts = SessionCounts(self.shared)
@@ -60,22 +63,41 @@ class InspectBalancer:
         config = self.config
         backlog = config.balancer.listen_backlog()
         self.servers.append(
-            await listen(self.loop, config.balancer.listen, self._factory, self.shared, backlog)
+            await listen(
+                self.loop,
+                config.balancer.listen,
+                front(self._session, self.networks),
+                self.shared,
+                backlog,
+            )
         )
         implicit = config.tls.implicit_listen
         if implicit is not None and self.tls is not None:
-            # Implicit FTPS: TLS from the first byte, then the same session.
-            self.servers.append(
-                await listen(
-                    self.loop,
-                    implicit,
-                    lambda: ControlSession(self, implicit=True).client,
-                    self.shared,
-                    backlog,
-                    self.tls,
-                    config.tls.handshake_timeout,
+            # Implicit FTPS: TLS from the first byte, then the same session. With
+            # accept_proxy the PROXY header comes before TLS: the TLS layer is
+            # ours then (io/proxied.py hands the connection to it).
+            if config.balancer.accept_proxy:
+                self.servers.append(
+                    await listen(
+                        self.loop,
+                        implicit,
+                        front(self._implicit_session, self.networks),
+                        self.shared,
+                        backlog,
+                    )
                 )
-            )
+            else:
+                self.servers.append(
+                    await listen(
+                        self.loop,
+                        implicit,
+                        lambda: ControlSession(self, implicit=True).client,
+                        self.shared,
+                        backlog,
+                        self.tls,
+                        config.tls.handshake_timeout,
+                    )
+                )
             log.info("inspect mode: implicit FTPS on %s", implicit)
         for each in self.servers:
             control_listener(each)
@@ -86,14 +108,34 @@ class InspectBalancer:
             config.balancer.public_address,
         )
 
-    def _factory(self) -> asyncio.Protocol:
-        return ControlSession(self).client
+    def _session(self, proxied: Addresses | None) -> asyncio.Protocol:
+        side = ControlSession(self).client
+        side.proxied = proxied
+        return side
+
+    def _implicit_session(self, proxied: Addresses | None) -> asyncio.BaseProtocol:
+        """Implicit FTPS behind accept_proxy: our own TLS layer around the session."""
+        assert self.tls is not None
+        session = ControlSession(self, implicit=True)
+        session.client.proxied = proxied
+        protocol, handshake = tls_protocol(
+            self.loop,
+            session.client,
+            self.tls,
+            self.config.tls.handshake_timeout,
+            server_side=True,
+        )
+        # A failed handshake ends it (the session was never connected); the
+        # error is the client's, not news.
+        handshake.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return protocol
 
     async def reloaded(self) -> None:
         """The config changed: new sessions get its [tls]. The server context is
         updated in place when it exists (the implicit listener holds it, and its
         session cache is what running sessions' data connections resume); each
         session keeps the contexts it started with."""
+        self.networks.update(self.config.balancer.accept_proxy)
         t = self.config.tls
         if not t.cert:
             self.tls = None

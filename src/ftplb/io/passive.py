@@ -14,7 +14,8 @@ from collections import Counter
 from typing import Protocol, cast
 
 from ftplb.balancer.dataports import DataPorts, client_key
-from ftplb.io.relay import peer_address
+from ftplb.io.proxied import Networks, front
+from ftplb.io.relay import Addresses, peer_address
 
 log = logging.getLogger("ftplb.data")
 
@@ -27,15 +28,17 @@ class Waiter(Protocol):
 
     label: str
 
-    def data_arrived(self, transport: asyncio.Transport) -> None:
-        """The client connected: the transport is the waiter's from now on."""
+    def data_arrived(self, transport: asyncio.Transport, proxied: Addresses | None) -> None:
+        """The client connected: the transport is the waiter's from now on
+        (`proxied`: the addresses of the PROXY header it began with)."""
 
 
 class PassiveListeners:
     """The listeners of one process's share of `data_ports`."""
 
-    def __init__(self, ports: DataPorts) -> None:
+    def __init__(self, ports: DataPorts, networks: Networks) -> None:
         self.ports = ports
+        self.networks = networks
         self.loop = asyncio.get_running_loop()
         self._servers: dict[tuple[str, int], asyncio.Server] = {}
         self._opening: dict[tuple[str, int], asyncio.Future[None]] = {}
@@ -78,7 +81,7 @@ class PassiveListeners:
         opening = self._opening[at] = self.loop.create_future()
         try:
             server = await self.loop.create_server(
-                lambda: _Arrival(self, host, port),
+                front(lambda proxied: _Arrival(self, host, port, proxied), self.networks),
                 host,
                 port,
                 reuse_address=True,
@@ -115,8 +118,10 @@ class PassiveListeners:
             if server is not None:
                 server.close()
 
-    def arrived(self, host: str, port: int, transport: asyncio.Transport) -> None:
-        peer = peer_address(transport)
+    def arrived(
+        self, host: str, port: int, transport: asyncio.Transport, proxied: Addresses | None
+    ) -> None:
+        peer = proxied[0] if proxied is not None else peer_address(transport)
         entry = self._waiting.get((port, client_key(peer[0])))
         if entry is None or entry[0] != host:
             self.refused += 1
@@ -129,7 +134,7 @@ class PassiveListeners:
             )
             transport.abort()
             return
-        entry[1].data_arrived(transport)
+        entry[1].data_arrived(transport, proxied)
 
     @property
     def open_ports(self) -> int:
@@ -144,12 +149,17 @@ class PassiveListeners:
 class _Arrival(asyncio.Protocol):
     """A new connection to a shared port, until it is handed to its session."""
 
-    __slots__ = ("host", "listeners", "port")
+    __slots__ = ("host", "listeners", "port", "proxied")
 
-    def __init__(self, listeners: PassiveListeners, host: str, port: int) -> None:
+    def __init__(
+        self, listeners: PassiveListeners, host: str, port: int, proxied: Addresses | None
+    ) -> None:
         self.listeners = listeners
         self.host = host
         self.port = port
+        self.proxied = proxied
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.listeners.arrived(self.host, self.port, cast(asyncio.Transport, transport))
+        self.listeners.arrived(
+            self.host, self.port, cast(asyncio.Transport, transport), self.proxied
+        )

@@ -19,6 +19,9 @@ from typing import cast
 
 from ftplb.io.splice import SPLICE_AFTER, SplicedPair
 
+Addresses = tuple[tuple[str, int], tuple[str, int]]
+"""(peer, local) of a connection, or a PROXY header's (source, destination)."""
+
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 DRAIN_TIMEOUT = 30.0
@@ -31,11 +34,21 @@ class Side(asyncio.Protocol):
     reading what it would write (the relay: the other socket; inspect mode's
     control sessions: the client and the backend) until `resume_writing`."""
 
-    __slots__ = ("bytes_read", "transport")
+    __slots__ = ("bytes_read", "proxied", "transport")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.bytes_read = 0
+        self.proxied: Addresses | None = None
+        """(client, destination) from the PROXY header this connection began
+        with (`accept_proxy`, io/proxied.py): who the client really is."""
+
+    def addresses(self) -> Addresses:
+        """(client, local) of an accepted connection: the PROXY header's, else the socket's."""
+        if self.proxied is not None:
+            return self.proxied
+        assert self.transport is not None
+        return client_addresses(self.transport)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing it.
@@ -474,7 +487,7 @@ def local_address(transport: asyncio.BaseTransport) -> tuple[str, int]:
     return _unmap(transport.get_extra_info("sockname"))
 
 
-def client_addresses(transport: asyncio.BaseTransport) -> tuple[tuple[str, int], tuple[str, int]]:
+def client_addresses(transport: asyncio.BaseTransport) -> Addresses:
     """(peer, local) addresses of an accepted connection."""
     return peer_address(transport), local_address(transport)
 

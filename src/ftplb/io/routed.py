@@ -18,7 +18,10 @@ from typing import Any
 from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config, HostPort
 from ftplb.io import kernel
+from ftplb.io.proxied import Networks, front
 from ftplb.io.relay import (
+    Addresses,
+    Endpoint,
     Relay,
     control_listener,
     enable_keepalive,
@@ -81,7 +84,11 @@ class Session:
         self.started = self.balancer.loop.time()
         transport = self.relay.client.transport
         assert transport is not None
-        self.client_addr = peer_address(transport)
+        proxied = self.relay.client.proxied
+        if proxied is not None:  # accept_proxy: the header says who the client is
+            self.client_addr, self._local_addr = proxied
+        else:
+            self.client_addr = peer_address(transport)
         self.balancer.session_opened(self)
 
     @property
@@ -244,6 +251,8 @@ class RoutedBalancer:
         one and a new one of the same name are two)."""
         self._sweeper: asyncio.TimerHandle | None = None
         self.counts = SessionCounts(self.shared)
+        self.networks = Networks(config.balancer.accept_proxy)
+        """accept_proxy: who must begin with a PROXY header (io/proxied.py)."""
         self.rejected: Counter[str] = Counter()
         self.data_connections: Counter[str] = Counter()
         # (client ip, backend name) -> open data connections: a control session
@@ -275,7 +284,7 @@ class RoutedBalancer:
         if self.kernel:
             await kernel.install(self.config)
         try:
-            self.control_server = await self._listen(loop, listen, self._control_factory)
+            self.control_server = await self._listen(loop, listen, self._control_factory())
             control_listener(self.control_server)
         except OSError:
             if self.kernel:
@@ -284,7 +293,7 @@ class RoutedBalancer:
         implicit = self.config.tls.implicit_listen
         if implicit is not None:
             # Implicit FTPS (port 990): the same opaque relay, to each backend's implicit port.
-            self.implicit_server = await self._listen(loop, implicit, self._implicit_factory)
+            self.implicit_server = await self._listen(loop, implicit, self._implicit_factory())
             control_listener(self.implicit_server)
             log.info("routed mode: implicit FTPS on %s", implicit)
         for backend in self.pool.backends:
@@ -322,23 +331,30 @@ class RoutedBalancer:
         return await listen(loop, at, factory, self.shared, self._backlog)
 
     def _control_factory(self) -> Any:
-        session = Session(self, "control", None)
-        self._sessions.add(session)
-        return session.relay.client
+        return front(lambda proxied: self._session("control", None, 0, proxied), self.networks)
 
     def _implicit_factory(self) -> Any:
-        session = Session(self, "control", None)
-        session.implicit = True
-        self._sessions.add(session)
-        return session.relay.client
+        return front(
+            lambda proxied: self._session("control", None, 0, proxied, implicit=True),
+            self.networks,
+        )
 
     def _data_factory(self, backend: Backend, port: int) -> Any:
-        def factory() -> Any:
-            session = Session(self, "data", backend, port)
-            self._sessions.add(session)
-            return session.relay.client
+        return front(lambda proxied: self._session("data", backend, port, proxied), self.networks)
 
-        return factory
+    def _session(
+        self,
+        kind: str,
+        backend: Backend | None,
+        port: int,
+        proxied: Addresses | None,
+        implicit: bool = False,
+    ) -> Endpoint:
+        session = Session(self, kind, backend, port)
+        session.implicit = implicit
+        self._sessions.add(session)
+        session.relay.client.proxied = proxied
+        return session.relay.client
 
     def _sweep_idle(self) -> None:
         """Close idle control sessions. One timer for all of them (a timer per
@@ -382,7 +398,9 @@ class RoutedBalancer:
                 log.error("%s", exc)
 
     async def reloaded(self) -> None:
-        """The config changed: the kernel's table follows it."""
+        """The config changed: accept_proxy applies to new connections, the
+        kernel's table follows."""
+        self.networks.update(self.config.balancer.accept_proxy)
         if self.kernel:
             await kernel.install(self.config)
 

@@ -38,6 +38,9 @@ class ProxyHeader:
     version: int
     source: tuple[str, int] | None = None
     destination: tuple[str, int] | None = None
+    family: str = ""
+    """v2 without addresses: "LOCAL", "UNSPEC", "UDP" or "UNIX" (a receiver that
+    serves TCP clients only may refuse the last two); else ""."""
 
 
 def encode_v1(source: tuple[str, int] | None, destination: tuple[str, int] | None) -> bytes:
@@ -174,7 +177,7 @@ def _parse_v2(buf: bytes) -> tuple[ProxyHeader, int] | None:
         return None
     body = buf[V2_FIXED:total]
     if ver_cmd == _V2_CMD_LOCAL:
-        return ProxyHeader(2), total
+        return ProxyHeader(2, family="LOCAL"), total
     if family == _V2_TCP4:
         if length < 12:
             raise ProtocolError("PROXY v2 TCP4 header too short")
@@ -189,7 +192,8 @@ def _parse_v2(buf: bytes) -> tuple[ProxyHeader, int] | None:
         sport, dport = struct.unpack_from("!HH", body, 32)
     elif family >> 4 in (0, 1, 2, 3) and family & 0xF in (0, 1, 2):
         # UNSPEC, UDP or UNIX: the spec says accept and use the real peer.
-        return ProxyHeader(2), total
+        kind = "UNIX" if family >> 4 == 3 else "UDP" if family & 0xF == 2 else "UNSPEC"
+        return ProxyHeader(2, family=kind), total
     else:
         raise ProtocolError(f"PROXY v2 header with unknown family 0x{family:02x}")
     return ProxyHeader(2, (src, sport), (dst, dport)), total

@@ -15,6 +15,7 @@ from ftplb.config import Config
 from ftplb.render.base import RenderError, RenderOptions
 from ftplb.render.haproxy_cfg import haproxy
 from ftplb.render.iptables_rules import iptables
+from ftplb.render.kubernetes import kubernetes
 from ftplb.render.nft_ruleset import NFT_TABLE, nftables
 from ftplb.render.servers import ftplb_backend, proftpd, pure_ftpd, vsftpd
 
@@ -27,6 +28,7 @@ __all__ = [
     "ftplb_backend",
     "haproxy",
     "iptables",
+    "kubernetes",
     "nftables",
     "proftpd",
     "pure_ftpd",
@@ -42,6 +44,7 @@ RENDERERS: dict[str, Callable[[Config, RenderOptions], str]] = {
     "vsftpd": vsftpd,
     "pure-ftpd": pure_ftpd,
     "ftplb-backend": ftplb_backend,
+    "kubernetes": kubernetes,
 }
 
 KINDS: tuple[str, ...] = tuple(RENDERERS)

@@ -23,6 +23,10 @@ class RenderOptions:
     """haproxy: no passive-range frontends (the kernel DNATs the data)."""
     no_dnat: bool = False
     """iptables/nftables: only SNAT and the forward policy (user-space passive data)."""
+    image: str = ""
+    """kubernetes: the container image (default: ftplb:VERSION)."""
+    replicas: int = 1
+    """kubernetes: the Deployment's replicas."""
 
 
 class RenderError(Exception):

@@ -49,7 +49,7 @@ def test_v2_tcp4_exact_bytes() -> None:
 
 def test_v2_local() -> None:
     assert encode_v2(None, None) == V2_SIGNATURE + bytes([0x20, 0x00, 0, 0])
-    assert parse_header(encode_v2(None, None)) == (ProxyHeader(2), 16)
+    assert parse_header(encode_v2(None, None)) == (ProxyHeader(2, family="LOCAL"), 16)
 
 
 @pytest.mark.parametrize("enc", [encode_v1, encode_v2])
@@ -113,6 +113,6 @@ def test_v2_tlvs_are_skipped() -> None:
 
 
 def test_v2_unspec_and_unix_use_the_socket_peer() -> None:
-    for family in (0x00, 0x31):
+    for family, name in ((0x00, "UNSPEC"), (0x31, "UNIX")):
         raw = V2_SIGNATURE + bytes([0x21, family, 0, 0])
-        assert parse_header(raw) == (ProxyHeader(2), 16)
+        assert parse_header(raw) == (ProxyHeader(2, family=name), 16)
