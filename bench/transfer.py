@@ -314,8 +314,11 @@ def main() -> int:
     return 0
 
 
-def report(title: str, results: dict[str, list[float]], block: str = "") -> None:
-    """Print the table (ratios to the first row); with `block`, write it to the docs."""
+def report(
+    title: str, results: dict[str, list[float]], block: str = "", notes: tuple[str, ...] = ()
+) -> None:
+    """Print the table (ratios to the first row) and `notes`; with `block`, write
+    it to the docs."""
     direct = statistics.median(next(iter(results.values())))
     lines = [
         title,
@@ -327,6 +330,8 @@ def report(title: str, results: dict[str, list[float]], block: str = "") -> None
         med = statistics.median(values)
         low, high = min(values), max(values)
         lines.append(f"| {name} | {med:,.0f} | {low:,.0f} | {high:,.0f} | {med / direct:.2f} |")
+    if notes:
+        lines += ["", *notes]
     lines += ["", f"Machine: {machine()}."]
     table = "\n".join(lines)
     print(table)

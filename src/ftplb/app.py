@@ -33,7 +33,16 @@ log = logging.getLogger("ftplb")
 # Settings a reload cannot change in place: listeners are bound to them (or, for
 # workers, processes forked with them).
 RESTART_ONLY = {
-    "balancer": ("listen", "mode", "data_listen", "data_ports", "workers", "backlog"),
+    "balancer": (
+        "listen",
+        "mode",
+        "data_listen",
+        "data_ports",
+        "workers",
+        "backlog",
+        "source",
+        "source_rules",
+    ),
     "tls": ("implicit_listen",),
     "admin": ("listen",),
 }

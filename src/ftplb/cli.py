@@ -42,11 +42,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("ftplb %s, %s, file limit %d", __version__, "uvloop" if uv else "asyncio", limit)
     for line in ephemeral.warnings(config):
         log.warning("%s", line.removeprefix("warning: "))
-    if config.balancer.worker_count() > 1:
-        from ftplb import workers
+    installed = False
+    if config.balancer.source == "client":
+        from ftplb.io import transparent
 
-        return workers.run(config, serve)
-    return asyncio.run(serve(config))
+        install = config.balancer.source_rules == "ftplb"
+        lacking = transparent.missing(install)
+        if lacking:
+            for line in lacking:
+                log.error('balancer.source = "client" needs %s', line)
+            return EXIT_CONFIG
+        if install:
+            try:
+                transparent.install()
+            except transparent.TransparentError as exc:
+                log.error('balancer.source = "client": %s', exc)
+                return EXIT_CONFIG
+            installed = True
+    try:
+        if config.balancer.worker_count() > 1:
+            from ftplb import workers
+
+            return workers.run(config, serve)
+        return asyncio.run(serve(config))
+    finally:
+        if installed:
+            transparent.remove()
 
 
 def _told(config: Config) -> str:
@@ -69,6 +90,21 @@ def plan(config: Config) -> list[str]:
         *(
             [f"PROXY headers required from {', '.join(b.accept_proxy)} (control and data)"]
             if b.accept_proxy
+            else []
+        ),
+        *(
+            [
+                "source: transparent: backend connections (control and data) leave from the"
+                " client's own address; "
+                + (
+                    "ftplb installs an nftables table 'inet ftplb_transparent' and routing"
+                    " rule 18004 (removed when it stops)"
+                    if b.source_rules == "ftplb"
+                    else "the kernel's part is yours (`ftplb render transparent`)"
+                )
+                + "; the backends must route the clients' networks through this host"
+            ]
+            if b.source == "client"
             else []
         ),
         f"limits: max_sessions {b.max_sessions}, idle_timeout {b.idle_timeout:g}s",
@@ -195,6 +231,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     print("\n".join(plan(config)))
+    if config.balancer.source == "client":
+        from ftplb.io import transparent
+
+        lacking = transparent.missing(config.balancer.source_rules == "ftplb")
+        for line in lacking:
+            print(f'{config.path}: balancer.source = "client" needs {line}', file=sys.stderr)
+        if lacking:
+            return EXIT_CONFIG
     return 0
 
 

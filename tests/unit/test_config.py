@@ -355,6 +355,9 @@ BAD_INSPECT = [
         "'10.0.0.0/33' is not a network (CIDR",
     ),
     ("workers = 1", "workers = 1\naccept_proxy = [8]", "balancer.accept_proxy[0]", "got 8"),
+    # Transparent mode.
+    ("workers = 1", 'workers = 1\nsource = "backend"', "balancer.source", "balancer"),
+    ("workers = 1", 'workers = 1\nsource_rules = "none"', "balancer.source_rules", "manual"),
     ("workers = 1", 'workers = 1\naccept_proxy = "10.0.0.0/8"', "balancer.accept_proxy", "list"),
     (
         "workers = 1",
@@ -569,3 +572,14 @@ def test_workers(tmp_path: Path) -> None:
         ).balancer.worker_count()
         == 1
     )
+
+
+def test_transparent_keys(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(tmp_path, INSPECT.replace("workers = 1", 'workers = 1\nsource = "client"'))
+    )
+    assert (cfg.balancer.source, cfg.balancer.source_rules) == ("client", "ftplb")
+    cfg = load_config(
+        write(tmp_path, INSPECT.replace("workers = 1", 'workers = 1\nsource_rules = "manual"'))
+    )
+    assert (cfg.balancer.source, cfg.balancer.source_rules) == ("balancer", "manual")

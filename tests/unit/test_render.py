@@ -56,6 +56,7 @@ def test_kinds_in_the_order_the_cli_lists_them() -> None:
         "pure-ftpd",
         "ftplb-backend",
         "kubernetes",
+        "transparent",
     )
     assert tuple(RENDERERS) == KINDS
 

@@ -20,6 +20,8 @@ from ftplb.config.model import (
     HEALTH_CHECKS,
     MODES,
     PROXY_VERSIONS,
+    SOURCE_RULES,
+    SOURCES,
     AdminConfig,
     BackendConfig,
     BalancerConfig,
@@ -220,6 +222,8 @@ def _parse_balancer(t: Table) -> BalancerConfig:
         workers=_workers(t),
         backlog=t.number("backlog", d.backlog, low=0, high=1_000_000, integer=True),
         accept_proxy=_networks(t, "accept_proxy"),
+        source=t.choice("source", SOURCES, d.source),
+        source_rules=t.choice("source_rules", SOURCE_RULES, d.source_rules),
     )
     if cfg.data_listen and _family(cfg.data_listen) != _family(listen.host):
         # Clients reach listen; a data listener of the other family is never

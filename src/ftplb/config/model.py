@@ -18,6 +18,8 @@ ProxyVersion = Literal["off", "v1", "v2"]
 HealthCheck = Literal["tcp", "ftp"]
 BackendTLSMode = Literal["off", "on", "match"]
 DataPath = Literal["user", "kernel"]
+Source = Literal["balancer", "client"]
+SourceRules = Literal["ftplb", "manual"]
 Discover = Literal["", "dns"]
 
 MODES: tuple[Mode, ...] = ("routed", "inspect")
@@ -26,6 +28,8 @@ PROXY_VERSIONS: tuple[ProxyVersion, ...] = ("off", "v1", "v2")
 HEALTH_CHECKS: tuple[HealthCheck, ...] = ("tcp", "ftp")
 BACKEND_TLS: tuple[BackendTLSMode, ...] = ("off", "on", "match")
 DATA_PATHS: tuple[DataPath, ...] = ("user", "kernel")
+SOURCES: tuple[Source, ...] = ("balancer", "client")
+SOURCE_RULES: tuple[SourceRules, ...] = ("ftplb", "manual")
 SOMAXCONN = "/proc/sys/net/core/somaxconn"
 
 
@@ -119,6 +123,13 @@ class BalancerConfig:
     accept_proxy: tuple[str, ...] = ()
     """Networks (CIDR) whose connections, control and data, must begin with a
     PROXY v1/v2 header (a cloud load balancer in front); its source is the client."""
+    source: Source = "balancer"
+    """"client": transparent mode, connections to backends leave from the
+    client's own address (IP_TRANSPARENT); the backends route back through us."""
+    source_rules: SourceRules = "ftplb"
+    """With source = "client": "ftplb" installs the kernel's part (an nftables
+    table, a routing rule and table) and removes it; "manual": the operator did
+    (`ftplb render transparent`)."""
 
     def worker_count(self) -> int:
         if self.workers:

@@ -22,6 +22,7 @@ from ftplb.io.passive import PassiveListeners
 from ftplb.io.relay import Side, enable_keepalive, send
 from ftplb.io.sessions import Dialer, Tasks
 from ftplb.io.tls import BackendTLS, upgrade
+from ftplb.io.transparent import dial
 from ftplb.proto import commands, events, proxy_protocol
 from ftplb.proto.ftp import reply
 from ftplb.proto.session import InspectSession
@@ -325,10 +326,15 @@ class ControlSession:
     async def _open_backend(self, backend: Backend) -> str:
         """One connection attempt: '' when connected (`backend_made` ran)."""
         side = ControlSide(self, False)
+        transparent = self.balancer.config.balancer.source == "client"
         try:
             async with asyncio.timeout(self.balancer.config.balancer.connect_timeout):
-                await self.loop.create_connection(
-                    lambda: side, backend.config.address.host, backend.config.address.port
+                await dial(
+                    self.loop,
+                    lambda: side,
+                    backend.config.address.host,
+                    backend.config.address.port,
+                    self.client_addr[0] if transparent else None,
                 )
         except (OSError, TimeoutError) as exc:
             return f"backend connect failed: {getattr(exc, 'strerror', None) or 'timeout'}"
@@ -443,6 +449,7 @@ class ControlSession:
             handshake_timeout=config.tls.handshake_timeout,
             connect_timeout=config.balancer.connect_timeout,
             splice=self.balancer.splice,
+            source_ip=self.client_addr[0] if config.balancer.source == "client" else "",
         )
         channel = DataChannel(self, settings)
         if backend_tls:

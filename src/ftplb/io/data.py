@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ftplb.io.passive import PassiveListeners
-from ftplb.io.relay import Addresses, Relay, armed_socket, disarm, reset
+from ftplb.io.relay import Addresses, Relay, armed_socket, disarm, reset, transparent_source
 from ftplb.io.sessions import Tasks
 from ftplb.io.tls import BackendTLS, ResumingContext, handshake_failure, tls_protocol
 from ftplb.proto import proxy_protocol
@@ -78,6 +78,9 @@ class DataSettings:
     connect_timeout: float = 5.0
     splice: bool = True
     """A plain channel may be handed to the kernel past SPLICE_AFTER bytes."""
+    source_ip: str = ""
+    """Transparent mode: connections to the backend leave from this address
+    (the client's own)."""
 
 
 class DataChannel:
@@ -220,7 +223,7 @@ class DataChannel:
         if self.backend_tls is not None:
             self._tasks.spawn(self._connect_tls_backend(relay, backend, self.backend_tls))
         else:
-            self._tasks.spawn(self._connect(lambda: relay.backend, backend, None))
+            self._tasks.spawn(self._connect(lambda: relay.backend, backend, self._source(backend)))
 
     def connect_client(self, target: tuple[str, int], source_host: str) -> None:
         """Active mode: connect to the client first; the owner hears
@@ -246,7 +249,7 @@ class DataChannel:
         local: tuple[str, int] | None,
         to_client: bool = False,
     ) -> None:
-        sock = await self._connect_armed(address, local)
+        sock = await self._connect_armed(address, local, to_client)
         if sock is None:
             return
         try:
@@ -261,13 +264,20 @@ class DataChannel:
                 self.owner.data_backend_connected()
         self._maybe_start()
 
+    def _source(self, backend: tuple[str, int]) -> tuple[str, int] | None:
+        """Transparent mode: the client's address, to bind a backend connection to."""
+        if not self.settings.source_ip:
+            return None
+        source = transparent_source(self.settings.source_ip, backend[0])
+        return (source, 0) if source else None
+
     async def _connect_armed(
-        self, address: tuple[str, int], local: tuple[str, int] | None
+        self, address: tuple[str, int], local: tuple[str, int] | None, to_client: bool = False
     ) -> socket.socket | None:
         """A connected socket that resets if it is dropped before the join (None
         if the connect failed, which closes the channel)."""
         try:
-            sock = armed_socket(address, local)
+            sock = armed_socket(address, local, transparent=local is not None and not to_client)
         except OSError as exc:
             self._connect_failed(address, exc)
             return None
@@ -296,7 +306,7 @@ class DataChannel:
         """Active mode with PROT P: we connect, yet the FTP client is the TLS client.
         Connect a plain socket, then treat it as an accepted one: the handshake
         completes before the endpoint sees a byte."""
-        sock = await self._connect_armed(address, local)
+        sock = await self._connect_armed(address, local, to_client=True)
         if sock is None:
             return
         if not self.closed:
@@ -329,7 +339,7 @@ class DataChannel:
     ) -> None:
         """Connect, send the PROXY header in the clear, then a TLS handshake that
         resumes the backend control session; the endpoint sees only plaintext."""
-        sock = await self._connect_armed(address, None)
+        sock = await self._connect_armed(address, self._source(address))
         if sock is None:
             return
         if not self.closed:

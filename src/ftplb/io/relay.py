@@ -454,21 +454,44 @@ def reset(connection: asyncio.BaseTransport | socket.socket) -> None:
     cast(asyncio.Transport, connection).abort()
 
 
-def armed_socket(address: tuple[str, int], local: tuple[str, int] | None) -> socket.socket:
+def armed_socket(
+    address: tuple[str, int], local: tuple[str, int] | None, transparent: bool = False
+) -> socket.socket:
     """A socket to connect to `address` that resets when closed (SO_LINGER 0)
     until `disarm`: a data connection dropped before it was joined (the other
     side failed, a handshake broke) must not look like an empty, finished
-    transfer to the peer. Non-blocking, bound to `local` if given."""
-    sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
+    transfer to the peer. Non-blocking, bound to `local` if given (with
+    `transparent`, a client's address: IP_TRANSPARENT)."""
+    v6 = ":" in address[0]
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if transparent:
+            level, option = (
+                (socket.IPPROTO_IPV6, IPV6_TRANSPARENT)
+                if v6
+                else (socket.IPPROTO_IP, IP_TRANSPARENT)
+            )
+            sock.setsockopt(level, option, 1)
         if local is not None:
             sock.bind(local)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+IPV6_TRANSPARENT = 75  # linux/in6.h; Python does not name it
+
+
+def transparent_source(client_ip: str, host: str) -> str | None:
+    """Transparent mode: the address to connect to `host` from, the client's
+    own (IPv4-mapped unmapped), or None when the families differ (an IPv6
+    client in front of an IPv4 backend connects from the balancer)."""
+    client = _unmap((client_ip, 0))[0]
+    return client if (":" in client) == (":" in host) else None
 
 
 def disarm(sock: socket.socket) -> None:

@@ -29,6 +29,7 @@ from ftplb.io.relay import (
     peer_address,
 )
 from ftplb.io.sessions import Dialer, SessionCounts, listen, sockets_of
+from ftplb.io.transparent import dial
 from ftplb.proto import proxy_protocol
 from ftplb.shared import Shared
 
@@ -166,8 +167,11 @@ class Session:
         config = self.balancer.config
         try:
             async with asyncio.timeout(config.balancer.connect_timeout):
-                await self.balancer.loop.create_connection(
-                    lambda: self.relay.backend, *self.target(backend, port)
+                await dial(
+                    self.balancer.loop,
+                    lambda: self.relay.backend,
+                    *self.target(backend, port),
+                    self.client_addr[0] if config.balancer.source == "client" else None,
                 )
         except (OSError, TimeoutError) as exc:
             return f"backend connect failed: {getattr(exc, 'strerror', None) or 'timeout'}"

@@ -18,6 +18,7 @@ from ftplb.render.iptables_rules import iptables
 from ftplb.render.kubernetes import kubernetes
 from ftplb.render.nft_ruleset import NFT_TABLE, nftables
 from ftplb.render.servers import ftplb_backend, proftpd, pure_ftpd, vsftpd
+from ftplb.render.transparent import transparent
 
 __all__ = [
     "KINDS",
@@ -33,6 +34,7 @@ __all__ = [
     "proftpd",
     "pure_ftpd",
     "render",
+    "transparent",
     "vsftpd",
 ]
 
@@ -45,6 +47,7 @@ RENDERERS: dict[str, Callable[[Config, RenderOptions], str]] = {
     "pure-ftpd": pure_ftpd,
     "ftplb-backend": ftplb_backend,
     "kubernetes": kubernetes,
+    "transparent": transparent,
 }
 
 KINDS: tuple[str, ...] = tuple(RENDERERS)
