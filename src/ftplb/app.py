@@ -26,6 +26,7 @@ from ftplb.io.inspect import InspectBalancer
 from ftplb.io.kernel import KernelDataPathError
 from ftplb.io.overflow import OverflowWatch
 from ftplb.io.routed import RoutedBalancer
+from ftplb.logs import event
 from ftplb.shared import Shared
 
 log = logging.getLogger("ftplb")
@@ -128,7 +129,8 @@ class Runtime:
         b.draining = draining
         if not draining:
             b.disabled = False
-        log.warning("backend %s: %s by operator", name, "drain" if draining else "enabled")
+        state = "drain" if draining else "enabled"
+        event(log, logging.WARNING, "operator", "backend %s: %s by operator", name, state)
         return True
 
     def set_disabled(self, name: str) -> bool:
@@ -136,7 +138,9 @@ class Runtime:
         if b is None:
             return False
         b.disabled = True
-        log.warning("backend %s: maintenance (disabled) by operator", name)
+        event(
+            log, logging.WARNING, "operator", "backend %s: maintenance (disabled) by operator", name
+        )
         return True
 
     def set_weight(self, name: str, weight: int) -> bool:
@@ -144,7 +148,7 @@ class Runtime:
         if b is None:
             return False
         b.weight = weight
-        log.warning("backend %s: weight %d by operator", name, weight)
+        event(log, logging.WARNING, "operator", "backend %s: weight %d by operator", name, weight)
         return True
 
     async def reload(self) -> tuple[bool, str]:
@@ -204,9 +208,9 @@ class Runtime:
                 summary += "; needs a restart, old value kept: " + ", ".join(kept)
             if failed:
                 summary += "; failed: " + "; ".join(failed)
-                log.error("%s", summary)
+                event(log, logging.ERROR, "reload", "%s", summary)
             else:
-                log.info("%s", summary)
+                event(log, logging.INFO, "reload", "%s", summary)
             return not failed, summary
 
     async def _discovered(self) -> None:
@@ -220,7 +224,10 @@ class Runtime:
                 for b in retired:
                     self.balancer.retire_if_idle(b)
             await self.health.sync(self.config)
-            log.info(
+            event(
+                log,
+                logging.INFO,
+                "discovery",
                 "discovery: %d backends (%s added, %s draining)",
                 len(self.pool.backends),
                 ", ".join(b.name for b in added) or "none",

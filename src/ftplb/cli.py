@@ -289,6 +289,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    from ftplb.admin.client import AdminClient, AdminError, run_top
+
+    try:
+        client = AdminClient.from_args(args)
+    except AdminError as exc:
+        print(f"ftplb top: {exc}", file=sys.stderr)
+        return 1
+    run_top(client, args.interval)
+    return 0
+
+
 def cmd_backend_action(args: argparse.Namespace) -> int:
     from ftplb.admin.client import AdminClient, AdminError
 
@@ -373,6 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="the pool as the running balancer sees it")
     admin_options(p)
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("top", help="who is connected, who is banned, what changed; refreshing")
+    admin_options(p)
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    p.set_defaults(func=cmd_top)
     for action, text in (
         ("drain", "no new sessions for a backend; current ones finish"),
         ("enable", "undo drain/disable"),

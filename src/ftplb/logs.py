@@ -73,3 +73,34 @@ def tag_worker(index: int) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler.formatter, TextFormatter):
             handler.setFormatter(type(handler.formatter)(worker=index))
+
+
+class EventRing:
+    """The last `capacity` events (health changes, operator actions, bans,
+    reloads, discovery) for `GET /api/events`: bounded, in memory, per process."""
+
+    def __init__(self, capacity: int = 500) -> None:
+        self.capacity = capacity
+        self.items: list[dict[str, object]] = []
+
+    def add(self, kind: str, text: str, when: float | None = None) -> None:
+        self.items.append(
+            {"time": time.time() if when is None else when, "kind": kind, "text": text}
+        )
+        if len(self.items) > self.capacity:
+            del self.items[: len(self.items) - self.capacity]
+
+    def recent(self, limit: int | None = None) -> list[dict[str, object]]:
+        """Oldest first, newest last (the last `limit`)."""
+        return list(self.items if limit is None else self.items[-limit:])
+
+
+EVENTS = EventRing()
+"""This process's events (a worker's own; the supervisor merges them)."""
+
+
+def event(logger: logging.Logger, level: int, kind: str, msg: str, *args: object) -> None:
+    """Log a line and keep it as an event of `kind` (whatever the log level lets through)."""
+    text = msg % args if args else msg
+    EVENTS.add(kind, text)
+    logger.log(level, "%s", text)

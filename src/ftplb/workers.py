@@ -29,10 +29,18 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from ftplb.admin.server import AdminServer
-from ftplb.admin.source import LocalSource, Running, Snapshot, merge, snapshot_of
+from ftplb.admin.source import (
+    LocalSource,
+    Running,
+    Snapshot,
+    merge,
+    merge_events,
+    snapshot_of,
+)
 from ftplb.config import Config, HostPort, load_config
 from ftplb.errors import ConfigError
-from ftplb.logs import tag_worker
+from ftplb.io.sessions import SessionIds
+from ftplb.logs import EVENTS, event, tag_worker
 from ftplb.shared import Shared
 
 Serve = Callable[..., Coroutine[Any, Any, int]]
@@ -79,6 +87,16 @@ async def _answer(local: LocalSource, runtime: Running, request: dict[str, Any])
         return await local.weight(request["name"], request["weight"])
     if op == "reload":
         return list(await local.reload())
+    if op == "sessions":
+        return await local.sessions()
+    if op == "close_session":
+        return await local.close_session(int(request["id"]))
+    if op == "bans":
+        return await local.bans()
+    if op == "lift_ban":
+        return await local.lift_ban(str(request["address"]))
+    if op == "events":
+        return await local.events()
     return {"error": f"unknown op {op!r}"}
 
 
@@ -155,6 +173,27 @@ class GroupSource:
     async def weight(self, name: str, weight: int) -> dict[str, Any] | None:
         answers = await self._all({"op": "weight", "name": name, "weight": weight})
         return await self._backend(name) if any(answers) else None
+
+    async def sessions(self) -> list[dict[str, Any]]:
+        return [s for answer in await self._all({"op": "sessions"}) for s in answer]
+
+    async def close_session(self, session_id: int) -> bool:
+        # The id's last digits name the worker (io/sessions.py SessionIds).
+        index = session_id % SessionIds.SPAN
+        owners = [w for w in self.workers if w.index == index]
+        return any([await w.ask({"op": "close_session", "id": session_id}) for w in owners])
+
+    async def bans(self) -> list[dict[str, Any]]:
+        answer: list[dict[str, Any]] = await self.workers[0].ask({"op": "bans"})
+        return answer  # one table, shared by every worker
+
+    async def lift_ban(self, ip: str) -> bool:
+        # The table is shared: one worker lifts it for all, failures included.
+        lifted: bool = await self.workers[0].ask({"op": "lift_ban", "address": ip})
+        return lifted
+
+    async def events(self) -> list[dict[str, Any]]:
+        return merge_events(EVENTS.recent(), *await self._all({"op": "events"}))
 
     async def reload(self) -> tuple[bool, str]:
         try:
@@ -280,9 +319,10 @@ async def supervise(config: Config, workers: list[Worker]) -> int:
             await asyncio.wait_for(stopping.wait(), 0.5)
         for w in workers:
             if not stopping.is_set() and w.reap():
-                log.error(
-                    "worker %d (pid %d) exited with %s; stopping", w.index, w.pid, w.exit_code
-                )
+                event(
+                    log, logging.ERROR, "worker", "worker %d (pid %d) exited with %s; stopping",
+                    w.index, w.pid, w.exit_code,
+                )  # fmt: skip
                 died = True
                 stopping.set()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -99,6 +99,17 @@ class SnapshotCollector(Collector):
             yield GaugeMetricFamily(
                 "ftplb_banned_addresses", "Addresses banned now.", value=counters["banned"]
             )
+            ports = counters.get("data_ports") or {}
+            yield GaugeMetricFamily(
+                "ftplb_data_ports",
+                "Data ports (data_ports), all workers.",
+                value=ports.get("total", 0),
+            )
+            yield GaugeMetricFamily(
+                "ftplb_data_ports_in_use",
+                "Data ports with at least one passive request waiting or connected.",
+                value=ports.get("in_use", 0),
+            )
 
 
 def render(snapshot: Snapshot) -> bytes:

@@ -13,8 +13,11 @@ carry no foreign Origin (403).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import ipaddress
+import json
 import logging
 import re
 import time
@@ -26,6 +29,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ftplb import __version__
+from ftplb.admin.history import INTERVAL, History
 from ftplb.admin.metrics import render
 from ftplb.admin.source import Source
 
@@ -43,6 +47,8 @@ class AdminServer:
     def __init__(self, source: Source) -> None:
         self.source = source
         self.runner: web.AppRunner | None = None
+        self.charts = History()
+        self._sampler: asyncio.Task[None] | None = None
         app = web.Application(middlewares=[self._guard, self._auth], client_max_size=MAX_BODY)
         app.on_response_prepare.append(_no_framing)
         app.add_routes(
@@ -56,6 +62,12 @@ class AdminServer:
                 web.post("/api/backends/{name}/{action:drain|enable|disable}", self.action),
                 web.put("/api/backends/{name}/weight", self.weight),
                 web.post("/api/reload", self.reload),
+                web.get("/api/sessions", self.sessions),
+                web.delete("/api/sessions/{id}", self.close_session),
+                web.get("/api/bans", self.bans),
+                web.delete("/api/bans/{address}", self.lift_ban),
+                web.get("/api/events", self.events),
+                web.get("/api/history", self.history),
             ]
         )
         self.app = app
@@ -63,6 +75,7 @@ class AdminServer:
     async def start(self) -> None:
         listen = self.source.config.admin.listen
         assert listen is not None
+        self._sampler = asyncio.create_task(self._sample(), name="admin history")
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, listen.host, listen.port, reuse_address=True)
@@ -70,8 +83,20 @@ class AdminServer:
         log.info("admin API on http://%s/", listen)
 
     async def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
         if self.runner is not None:
             await self.runner.cleanup()
+
+    async def _sample(self) -> None:
+        while True:
+            try:
+                self.charts.sample(await self.source.snapshot(), time.time())
+            except Exception:  # a worker gone mid-question: the next sample will do
+                log.debug("history sample failed", exc_info=True)
+            await asyncio.sleep(INTERVAL)
 
     # -- browsers, then auth
 
@@ -136,6 +161,7 @@ class AdminServer:
                 **snap["status"],
                 "token_required": bool(self.source.config.admin.token),
                 "time": time.time(),
+                "data_ports": snap["counters"].get("data_ports"),
             }
         )
 
@@ -181,6 +207,65 @@ class AdminServer:
     async def reload(self, request: web.Request) -> web.Response:
         ok, message = await self.source.reload()
         return web.json_response({"ok": ok, "message": message}, status=200 if ok else 400)
+
+    # -- the operator's view: sessions, bans, events
+
+    async def sessions(self, request: web.Request) -> web.Response:
+        """Every worker's sessions, oldest first; `?limit=` (at most MAX_LIMIT) and
+        `?offset=` page them, `X-Total-Count` says how many there are."""
+        limit = _int_param(request, "limit", MAX_LIMIT)
+        offset = _int_param(request, "offset", 0)
+        every = sorted(await self.source.sessions(), key=lambda s: (s["started"], s["id"]))
+        page = every[offset : offset + min(limit, MAX_LIMIT)]
+        return web.json_response(page, headers={"X-Total-Count": str(len(every))})
+
+    async def close_session(self, request: web.Request) -> web.Response:
+        text = request.match_info["id"]
+        if not text.isascii() or not text.isdigit() or len(text) > 18:
+            return _not_found("no such session")
+        if not await self.source.close_session(int(text)):
+            return _not_found("no such session")
+        return web.json_response({"closed": int(text)})
+
+    async def bans(self, request: web.Request) -> web.Response:
+        return web.json_response(sorted(await self.source.bans(), key=lambda b: b["until"]))
+
+    async def lift_ban(self, request: web.Request) -> web.Response:
+        text = request.match_info["address"]
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            return web.json_response({"error": f"{text!r} is not an IP address"}, status=400)
+        if not await self.source.lift_ban(str(address)):
+            return _not_found(f"{address} is not banned")
+        return web.json_response({"lifted": str(address)})
+
+    async def events(self, request: web.Request) -> web.Response:
+        limit = min(_int_param(request, "limit", MAX_LIMIT), MAX_LIMIT)
+        return web.json_response((await self.source.events())[-limit:] if limit else [])
+
+    async def history(self, request: web.Request) -> web.Response:
+        return web.json_response(self.charts.series())
+
+
+MAX_LIMIT = 1000
+"""The most sessions or events one answer holds (a huge ?limit= is capped)."""
+
+
+def _int_param(request: web.Request, name: str, default: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if not text.isascii() or not text.isdigit() or len(text) > 12:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"{name}: a whole number, not {text!r}"}),
+            content_type="application/json",
+        )
+    return int(text)
+
+
+def _not_found(reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=404)
 
 
 def _refuse(request: web.Request, status: int, reason: str) -> web.Response:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config
+from ftplb.logs import EVENTS
 
 
 class Counting(Protocol):
@@ -23,6 +24,18 @@ class Counting(Protocol):
     def stats(self) -> dict[str, Any]:
         """sessions, sessions_total, and the counter dicts (rejected, data_connections,
         and in inspect mode logins, transfers, banned)."""
+
+    def session_views(self) -> list[dict[str, Any]]:
+        """The live sessions, as `GET /api/sessions` lists them."""
+
+    def close_session(self, session_id: int) -> bool:
+        """Close a session's control and data connections; False: no such session."""
+
+    def ban_views(self) -> list[dict[str, Any]]:
+        """Bans in force: address, until (epoch s)."""
+
+    def lift_ban(self, ip: str) -> bool:
+        """Lift a ban and forget the address's failures; False: it was not banned."""
 
 
 class Running(Protocol):
@@ -67,6 +80,16 @@ class Source(Protocol):
     async def weight(self, name: str, weight: int) -> dict[str, Any] | None: ...
 
     async def reload(self) -> tuple[bool, str]: ...
+
+    async def sessions(self) -> list[dict[str, Any]]: ...
+
+    async def close_session(self, session_id: int) -> bool: ...
+
+    async def bans(self) -> list[dict[str, Any]]: ...
+
+    async def lift_ban(self, ip: str) -> bool: ...
+
+    async def events(self) -> list[dict[str, Any]]: ...
 
 
 def backend_json(b: Backend) -> dict[str, Any]:
@@ -157,6 +180,35 @@ class LocalSource:
 
     async def reload(self) -> tuple[bool, str]:
         return await self.runtime.reload()
+
+    async def sessions(self) -> list[dict[str, Any]]:
+        return self.runtime.balancer.session_views()
+
+    async def close_session(self, session_id: int) -> bool:
+        return self.runtime.balancer.close_session(session_id)
+
+    async def bans(self) -> list[dict[str, Any]]:
+        return self.runtime.balancer.ban_views()
+
+    async def lift_ban(self, ip: str) -> bool:
+        return self.runtime.balancer.lift_ban(ip)
+
+    async def events(self) -> list[dict[str, Any]]:
+        return EVENTS.recent()
+
+
+def merge_events(*rings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Several processes' events as one list, oldest first. An operator's change
+    reaches every worker, and each records it: the same text within 2 s is one."""
+    merged: list[dict[str, Any]] = []
+    last: dict[tuple[str, str], float] = {}
+    for e in sorted((e for ring in rings for e in ring), key=lambda e: e["time"]):
+        key = (e["kind"], e["text"])
+        if key in last and e["time"] - last[key] < 2:
+            continue
+        last[key] = e["time"]
+        merged.append(e)
+    return merged
 
 
 _SUMMED = (

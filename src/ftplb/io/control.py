@@ -12,15 +12,16 @@ import logging
 import os
 import socket
 import ssl
+import time
 from collections import Counter
-from typing import Protocol
+from typing import Any, Protocol
 
 from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config, HostPort
 from ftplb.io.data import DataChannel, DataSettings
 from ftplb.io.passive import PassiveListeners
 from ftplb.io.relay import Side, enable_keepalive, send
-from ftplb.io.sessions import Dialer, Tasks
+from ftplb.io.sessions import TRANSFER_DIRECTIONS, Dialer, SessionIds, Tasks
 from ftplb.io.tls import BackendTLS, upgrade
 from ftplb.io.transparent import dial
 from ftplb.proto import commands, events, proxy_protocol
@@ -43,6 +44,7 @@ class Host(Protocol):
     listeners: PassiveListeners
     splice: bool
     sessions: set[ControlSession]
+    ids: SessionIds
     rejected: Counter[str]
     data_connections: Counter[str]
     transfers: Counter[str]
@@ -117,7 +119,12 @@ class ControlSession:
         self.client_addr: tuple[str, int] = ("", 0)
         self.local_addr: tuple[str, int] = ("", 0)
         self.data: DataChannel | None = None
+        self.id = balancer.ids.next()
         self.started = 0.0
+        self.started_at = 0.0
+        """Wall clock (the admin API's `started`)."""
+        self.data_bytes = [0, 0]
+        """Bytes of finished data connections, (from the client, to the client)."""
         self.end_reason = ""
         self.closed = False
         self.counted = False
@@ -143,6 +150,7 @@ class ControlSession:
         # fails is never connected, and nothing would ever take it out.
         self.balancer.sessions.add(self)
         self.started = self.loop.time()
+        self.started_at = time.time()
         self.client_addr, self.local_addr = self.client.addresses()
         transport = self.client.transport
         assert transport is not None
@@ -499,6 +507,8 @@ class ControlSession:
         self.event(events.DataOpened(self.loop.time()))
 
     def data_closed(self, bytes_up: int, bytes_down: int) -> None:
+        self.data_bytes[0] += bytes_up
+        self.data_bytes[1] += bytes_down
         if self.backend is not None:
             self.backend.bytes_in += bytes_up
             self.backend.bytes_out += bytes_down
@@ -551,6 +561,31 @@ class ControlSession:
         if self.backend_side is not None and self.backend_side.transport is not None:
             self.backend_side.transport.close()
         self.balancer.session_closed(self)
+
+    def view(self) -> dict[str, Any]:
+        """The session as `GET /api/sessions` shows it."""
+        core = self.core
+        transfer = None
+        command = core.current_transfer if core is not None else None
+        if command is not None:
+            relay = self.data.relay if self.data is not None else None
+            moved = relay.client.bytes_read + relay.backend.bytes_read if relay else 0
+            transfer = {
+                "direction": TRANSFER_DIRECTIONS.get(command.verb, "listing"),
+                "bytes": moved,
+                "file": command.arg or None,
+            }
+        down = self.backend_side.bytes_read if self.backend_side is not None else 0
+        return {
+            "id": self.id,
+            "client": str(HostPort(*self.client_addr)),
+            "backend": self.backend.name if self.backend is not None else None,
+            "user": core.user if core is not None and core.logged_in else None,
+            "started": round(self.started_at, 3),
+            "bytes_in": self.client.bytes_read + self.data_bytes[0],
+            "bytes_out": down + self.data_bytes[1],
+            "transfer": transfer,
+        }
 
     def log_line(self) -> str:
         duration = self.loop.time() - self.started

@@ -10,6 +10,7 @@ import time
 from ftplb.balancer.health import HealthTracker
 from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config
+from ftplb.logs import event
 from ftplb.proto import proxy_protocol
 from ftplb.proto.lines import BadReply, ReplyReader
 from ftplb.shared import Shared, SharedHealth
@@ -99,7 +100,7 @@ class HealthChecker:
                 self.published.publish(backend.name, backend.up)
             state = "UP" if backend.up else "DOWN"
             level = logging.INFO if backend.up or first else logging.WARNING
-            log.log(level, "backend %s is %s (%s)", backend.name, state, status)
+            event(log, level, "health", "backend %s is %s (%s)", backend.name, state, status)
 
     async def first_round(self) -> None:
         """One check of every backend, in parallel: bounded by the check timeout."""

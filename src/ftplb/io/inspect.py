@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections import Counter
 from typing import Any
 
@@ -17,8 +18,9 @@ from ftplb.io.control import ControlSession
 from ftplb.io.passive import PassiveListeners
 from ftplb.io.proxied import Networks, front
 from ftplb.io.relay import Addresses, control_listener
-from ftplb.io.sessions import SessionCounts, listen, sockets_of
+from ftplb.io.sessions import SessionCounts, SessionIds, listen, sockets_of
 from ftplb.io.tls import backend_context, load_server_certificate, server_context, tls_protocol
+from ftplb.logs import event
 from ftplb.shared import Shared
 
 log = logging.getLogger("ftplb.session")
@@ -45,6 +47,7 @@ class InspectBalancer:
         self.servers: list[asyncio.Server] = []
         self.sessions: set[ControlSession] = set()
         self.counts = SessionCounts(self.shared)
+        self.ids = SessionIds(self.shared.worker)
         self.per_ip: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.logins: Counter[str] = Counter()
@@ -171,7 +174,45 @@ class InspectBalancer:
             "logins": dict(self.logins),
             "transfers": dict(self.transfers),
             "banned": len(self.shared.logins.bans(self.loop.time())),
+            # This worker's slice of data_ports: the status page's port usage.
+            "data_ports": {
+                "total": len(self.ports.ports),
+                "in_use": self.ports.ports_in_use,
+                "waiting": self.ports.taken,
+                "open": sum(1 for x in self.sessions if x.data is not None and x.data.relay),
+            },
         }
+
+    # -- the operator's view (admin API)
+
+    def session_views(self) -> list[dict[str, Any]]:
+        return [s.view() for s in list(self.sessions) if s.counted and not s.closed]
+
+    def close_session(self, session_id: int) -> bool:
+        for session in list(self.sessions):
+            if session.id == session_id and not session.closed:
+                event(
+                    log, logging.WARNING, "operator", "session %d (%s) closed by operator",
+                    session_id, session.who(),
+                )  # fmt: skip
+                session.close("closed by operator")
+                return True
+        return False
+
+    def ban_views(self) -> list[dict[str, Any]]:
+        """Bans in force, every worker's (they share the table), until in epoch seconds."""
+        now, wall = self.loop.time(), time.time()
+        return [
+            {"address": ip, "until": round(wall + until - now, 3)}
+            for ip, until in self.shared.logins.bans(now)
+        ]
+
+    def lift_ban(self, ip: str) -> bool:
+        """Lift a ban and forget the failures (shared: every worker at once)."""
+        lifted = self.shared.logins.lift(ip)
+        if lifted:
+            event(log, logging.WARNING, "operator", "ban of %s lifted by operator", ip)
+        return lifted
 
     # -- admission and choice
 
@@ -215,7 +256,10 @@ class InspectBalancer:
         if self.shared.logins.failed(
             ip, self.loop.time(), b.max_login_failures, b.login_failure_window, b.ban_time
         ):
-            log.warning(
+            event(
+                log,
+                logging.WARNING,
+                "ban",
                 "client %s banned for %gs after %d failed logins",
                 ip,
                 b.ban_time,

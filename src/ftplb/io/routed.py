@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections import Counter
 from typing import Any
 
@@ -28,8 +29,9 @@ from ftplb.io.relay import (
     local_address,
     peer_address,
 )
-from ftplb.io.sessions import Dialer, SessionCounts, listen, sockets_of
+from ftplb.io.sessions import Dialer, SessionCounts, SessionIds, listen, sockets_of
 from ftplb.io.transparent import dial
+from ftplb.logs import event
 from ftplb.proto import proxy_protocol
 from ftplb.shared import Shared
 
@@ -53,11 +55,13 @@ class Session:
         "client_addr",
         "counted",
         "dialer",
+        "id",
         "implicit",
         "kind",
         "port",
         "relay",
         "started",
+        "started_at",
     )
 
     def __init__(
@@ -69,9 +73,11 @@ class Session:
         self.port = port
         """A data session's port (the same on the backend)."""
         self.relay = Relay(self._closed, self.client_connected)
+        self.id = balancer.ids.next() if kind == "control" else 0
         self.client_addr: tuple[str, int] = ("", 0)
         self._local_addr: tuple[str, int] | None = None
         self.started = 0.0
+        self.started_at = 0.0
         self.counted = False
         self.dialer: Dialer | None = None
         """A control session's way to its backend (redispatch); data sessions have none."""
@@ -83,6 +89,7 @@ class Session:
     def client_connected(self) -> None:
         """Called from the client endpoint's connection_made (reading is paused)."""
         self.started = self.balancer.loop.time()
+        self.started_at = time.time()
         transport = self.relay.client.transport
         assert transport is not None
         proxied = self.relay.client.proxied
@@ -255,6 +262,7 @@ class RoutedBalancer:
         one and a new one of the same name are two)."""
         self._sweeper: asyncio.TimerHandle | None = None
         self.counts = SessionCounts(self.shared)
+        self.ids = SessionIds(self.shared.worker)
         self.networks = Networks(config.balancer.accept_proxy)
         """accept_proxy: who must begin with a PROXY header (io/proxied.py)."""
         self.rejected: Counter[str] = Counter()
@@ -416,6 +424,67 @@ class RoutedBalancer:
     @property
     def kernel(self) -> bool:
         return self.config.balancer.data_path == "kernel"
+
+    # -- the operator's view (admin API)
+
+    def session_views(self) -> list[dict[str, Any]]:
+        """Control sessions; a data connection open beside one is its transfer
+        (routed mode never reads commands: direction from the bytes, no file)."""
+        data: dict[tuple[str, str], Session] = {}
+        for s in self._sessions:
+            if s.kind == "data" and s.backend is not None:
+                data[(s.client_addr[0], s.backend.name)] = s
+        views = []
+        for s in list(self._sessions):
+            if s.kind != "control" or not s.counted:
+                continue
+            backend = s.dialer.backend if s.dialer is not None else None
+            transfer = None
+            moving = data.get((s.client_addr[0], backend.name)) if backend else None
+            if moving is not None:
+                up, down = moving.relay.client.bytes_read, moving.relay.backend.bytes_read
+                direction = "upload" if up > down else "download"
+                transfer = {"direction": direction, "bytes": up + down, "file": None}
+            views.append(
+                {
+                    "id": s.id,
+                    "client": str(HostPort(*s.client_addr)),
+                    "backend": backend.name if backend is not None else None,
+                    "user": None,
+                    "started": round(s.started_at, 3),
+                    "bytes_in": s.relay.client.bytes_read,
+                    "bytes_out": s.relay.backend.bytes_read,
+                    "transfer": transfer,
+                }
+            )
+        return views
+
+    def close_session(self, session_id: int) -> bool:
+        """Close a control session and its client's data connections to its backend."""
+        for s in list(self._sessions):
+            if s.kind == "control" and s.id == session_id and s.counted:
+                backend = s.dialer.backend if s.dialer is not None else None
+                client = HostPort(*s.client_addr)
+                event(
+                    log, logging.WARNING, "operator", "session %d (client=%s) closed by operator",
+                    session_id, client,
+                )  # fmt: skip
+                for d in list(self._sessions):
+                    if (
+                        d.kind == "data"
+                        and d.client_addr[0] == s.client_addr[0]
+                        and (backend is not None and d.backend is backend)
+                    ):
+                        d.relay.close("closed by operator", abort=True)
+                s.relay.close("closed by operator", abort=True)
+                return True
+        return False
+
+    def ban_views(self) -> list[dict[str, Any]]:
+        return []  # routed mode never sees a login
+
+    def lift_ban(self, ip: str) -> bool:
+        return False
 
     def close_sessions(self) -> None:
         for session in list(self._sessions):

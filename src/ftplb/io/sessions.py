@@ -44,6 +44,26 @@ def sockets_of(*servers: asyncio.Server | None) -> list[socket.socket]:
     return [sock for server in servers if server is not None for sock in server.sockets]
 
 
+class SessionIds:
+    """Numeric session ids, unique across workers (the admin API's
+    `/api/sessions/ID`): a counter per process, the worker in the last digits."""
+
+    SPAN = 1000
+    """More workers than this would share ids (none run that many)."""
+
+    def __init__(self, worker: int) -> None:
+        self.worker = worker % self.SPAN
+        self.count = 0
+
+    def next(self) -> int:
+        self.count += 1
+        return self.count * self.SPAN + self.worker
+
+
+TRANSFER_DIRECTIONS = {"RETR": "download", "STOR": "upload", "APPE": "upload", "STOU": "upload"}
+"""What a transfer command moves, for the admin API (the rest are listings)."""
+
+
 class SessionCounts:
     """Control sessions: open and total in this process, open in all workers
     (what `max_sessions` is checked against)."""

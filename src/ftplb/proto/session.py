@@ -130,6 +130,11 @@ class InspectSession:
 
     # --- the one entry point ---------------------------------------------------
 
+    @property
+    def current_transfer(self) -> Command | None:
+        """The transfer command in progress (the admin API shows it)."""
+        return self._transfer.command if self._transfer is not None else None
+
     def handle(self, event: events.Event) -> list[Cmd]:
         match event:
             case events.ClientData(data, now):
@@ -578,9 +583,14 @@ class InspectSession:
             # pipelined QUIT before the 530 it delays (pyftpdlib) is no way out.
             self.login_failures += 1
             out.append(LoginResult(False, self.user))
-        elif cmd.verb in TRANSFER_COMMANDS and r.code >= 400 and self.data_open == 0:
-            # The transfer never started: no data channel will report it.
-            self._transfer = None
+        elif cmd.verb in TRANSFER_COMMANDS and r.code >= 400:
+            # The transfer failed. If it never started, no data channel will
+            # report it. If it did, the server gave up on it: a data connection
+            # it leaves open (150, then 425 with our connect still in its
+            # listen queue) would hang the client. Cut it (a reset: a failed
+            # download must never look complete).
+            if self.data_open == 0:
+                self._transfer = None
             out.append(CloseData())
         return out
 

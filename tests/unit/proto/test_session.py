@@ -165,6 +165,32 @@ def test_active_client_passive_backend() -> None:
     )
 
 
+def test_a_transfer_failed_after_its_data_opened_cuts_the_data_connection() -> None:
+    # 150, then 425: the backend gave up, yet our connect to its data port
+    # completed in its listen queue and stays open. Without the cut the client
+    # waits on its data connection for ever.
+    assert (
+        ready()
+        >> ClientData(b"PORT 198,51,100,7,156,64\r\n", 2)
+        << CloseData()
+        << SendClient(b"200 PORT command successful.\r\n")
+        >> ClientData(b"RETR f\r\n", 2)
+        << ConnectClientData(("198.51.100.7", 40000))
+        >> DataClientConnected(2)
+        << SendBackend(b"EPSV\r\n")
+        >> BackendData(b"229 ok (|||50002|)\r\n", 2)
+        << ConnectBackendData(("10.0.0.5", 50002))
+        << SendBackend(b"RETR f\r\n")
+        >> DataOpened(2)
+        >> BackendData(b"150 Opening\r\n425 Can't open data connection.\r\n", 3)
+        << SendClient(b"150 Opening\r\n")
+        << SendClient(b"425 Can't open data connection.\r\n")
+        << CloseData()
+        >> DataClosed(0, 0, 3.5)
+        << Transferred("download", "RETR", "f", 0, 1.5)
+    )
+
+
 def test_active_upload_to_an_unreachable_client_never_reaches_the_backend() -> None:
     assert (
         ready()
