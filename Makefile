@@ -69,6 +69,7 @@ bench: deps venv
 	$(BIN)/python bench/transfer.py --write-docs
 	$(BIN)/python bench/sessions.py --write-docs
 	$(BIN)/python bench/splice.py --write-docs
+	$(BIN)/python bench/operator_view.py --write-docs
 	$(BIN)/python bench/netns.py --write-docs
 
 # Load with faults (bench/soak.py): SOAK_SECONDS per mode (default 300), then the
