@@ -11,7 +11,9 @@ import logging
 import resource
 import signal
 import ssl
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ftplb.admin.server import AdminServer
 from ftplb.admin.source import LocalSource, Running
@@ -20,6 +22,7 @@ from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import BackendConfig, Config, load_config
 from ftplb.errors import ConfigError
 from ftplb.io import splice
+from ftplb.io.cluster import Cluster, ClusterHooks
 from ftplb.io.discovery import Discovery
 from ftplb.io.health import HealthChecker
 from ftplb.io.inspect import InspectBalancer
@@ -84,6 +87,16 @@ class Runtime:
             self.balancer = InspectBalancer(config, self.pool, shared, splice.enabled())
         else:
             self.balancer = RoutedBalancer(config, self.pool, shared, splice.enabled())
+        self.cluster: Cluster | None = None
+        """[cluster]: state shared with other nodes through Redis (io/cluster.py)."""
+        if config.cluster.redis:
+            hooks = ClusterHooks(
+                self._impose_ban, self._lift_ban, self._remote_backend_change, self._local_bans
+            )
+            worker = shared.worker if shared is not None else 0
+            self.cluster = Cluster(config, self.pool, hooks, worker)
+            if isinstance(self.balancer, InspectBalancer):
+                self.balancer.cluster = self.cluster
         self.overflows = OverflowWatch(self.balancer.control_sockets)
         # The kernel's counter is the namespace's: one worker reports it.
         self._watch_overflows = shared is None or shared.worker == 0
@@ -111,6 +124,8 @@ class Runtime:
         self.health.start()
         if self.discovery is not None:
             self.discovery.start()
+        if self.cluster is not None:
+            self.cluster.start()
         if self._watch_overflows:
             self.overflows.start()
 
@@ -131,6 +146,7 @@ class Runtime:
             b.disabled = False
         state = "drain" if draining else "enabled"
         event(log, logging.WARNING, "operator", "backend %s: %s by operator", name, state)
+        self._tell_cluster(b)
         return True
 
     def set_disabled(self, name: str) -> bool:
@@ -149,7 +165,49 @@ class Runtime:
             return False
         b.weight = weight
         event(log, logging.WARNING, "operator", "backend %s: weight %d by operator", name, weight)
+        self._tell_cluster(b)
         return True
+
+    def cluster_status(self) -> dict[str, Any] | None:
+        return self.cluster.status() if self.cluster is not None else None
+
+    def _tell_cluster(self, b: Backend) -> None:
+        if self.cluster is not None:
+            fields = {"draining": b.draining, "disabled": b.disabled, "weight": b.weight}
+            self.cluster.backend_changed(b.name, fields)
+
+    # -- what other nodes of the cluster decided
+
+    def _impose_ban(self, ip: str, until: float) -> None:
+        if isinstance(self.balancer, InspectBalancer):
+            now = self.balancer.loop.time()
+            self.balancer.shared.logins.impose(ip, now, now + until - time.time())
+
+    def _local_bans(self) -> list[tuple[str, float]]:
+        if not isinstance(self.balancer, InspectBalancer):
+            return []
+        return [(b["address"], b["until"]) for b in self.balancer.ban_views()]
+
+    def _lift_ban(self, ip: str) -> None:
+        if isinstance(self.balancer, InspectBalancer):
+            self.balancer.shared.logins.lift(ip)
+
+    def _remote_backend_change(self, name: str, fields: dict[str, Any]) -> None:
+        b = self.backend(name)
+        if b is None:
+            return
+        before = (b.draining, b.disabled, b.weight)
+        b.draining = bool(fields.get("draining", b.draining))
+        b.disabled = bool(fields.get("disabled", b.disabled))
+        weight = fields.get("weight", b.weight)
+        if isinstance(weight, int) and 0 <= weight <= 256:
+            b.weight = weight
+        if (b.draining, b.disabled, b.weight) != before:
+            event(
+                log, logging.WARNING, "operator",
+                "backend %s: draining=%s disabled=%s weight=%d, set on another node",
+                name, b.draining, b.disabled, b.weight,
+            )  # fmt: skip
 
     async def reload(self) -> tuple[bool, str]:
         """Re-read the file. An invalid file changes nothing (the reason is logged)."""
@@ -259,6 +317,8 @@ class Runtime:
         self.overflows.stop()
         if self.discovery is not None:
             await self.discovery.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self.balancer.close()
         await self.health.stop()
         await asyncio.sleep(0)

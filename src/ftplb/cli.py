@@ -107,6 +107,14 @@ def plan(config: Config) -> list[str]:
             if b.source == "client"
             else []
         ),
+        *(
+            [
+                f"cluster: node {config.cluster.node}, shared state in {config.cluster.redis}"
+                " (bans, failed logins, operator changes, leastconn's counts)"
+            ]
+            if config.cluster.redis
+            else []
+        ),
         f"limits: max_sessions {b.max_sessions}, idle_timeout {b.idle_timeout:g}s",
         _workers_plan(config),
         f"health: {h.check} check every {h.interval:g}s, timeout {h.timeout:g}s, "

@@ -139,6 +139,14 @@ class SharedLogins:
             q[base + self._NEXT] = 0
             return True
 
+    def impose(self, ip: str, now: float, until: float) -> None:
+        """A ban decided elsewhere (another ftplb node): `ip` is refused until
+        `until` (both on the monotonic clock)."""
+        with self._lock:
+            base = self._cell(self._key(ip), True, _ms(now), 0)
+            if base is not None and self._q[base + self._UNTIL] < _ms(until):
+                self._q[base + self._UNTIL] = _ms(until)
+
     def banned(self, ip: str, now: float) -> bool:
         base = self._cell(self._key(ip), False, 0, 0)
         return base is not None and self._q[base + self._UNTIL] > _ms(now)

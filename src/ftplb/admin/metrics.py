@@ -65,6 +65,16 @@ class SnapshotCollector(Collector):
         yield GaugeMetricFamily(
             "ftplb_workers", "Worker processes.", value=snap["status"]["workers"]
         )
+        cluster = snap["status"].get("cluster")
+        if cluster:
+            yield GaugeMetricFamily(
+                "ftplb_cluster_connected",
+                "1 while this node shares its state through Redis, 0 during an outage.",
+                value=int(bool(cluster["connected"])),
+            )
+            yield GaugeMetricFamily(
+                "ftplb_cluster_nodes", "ftplb nodes seen alive in Redis.", value=cluster["nodes"]
+            )
         rejected = CounterMetricFamily(
             "ftplb_sessions_rejected", "Sessions refused, by reason.", labels=["reason"]
         )

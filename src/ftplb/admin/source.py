@@ -58,6 +58,9 @@ class Running(Protocol):
 
     async def reload(self) -> tuple[bool, str]: ...
 
+    def cluster_status(self) -> dict[str, Any] | None:
+        """[cluster]: node, connected, nodes; None without a cluster."""
+
     def stop_soon(self) -> None:
         """Stop as on SIGTERM (a worker whose supervisor went away)."""
 
@@ -103,7 +106,7 @@ def backend_json(b: Backend) -> dict[str, Any]:
             "last_change": b.last_change or None,
             "failures": b.check_failures_total,
         },
-        "sessions": {"current": b.sessions, "total": b.sessions_total},
+        "sessions": {"current": b.sessions, "total": b.sessions_total, "other_nodes": b.remote},
         "bytes": {"in": b.bytes_in, "out": b.bytes_out},
         "data_connections": b.data_connections_total,
         "weight": b.weight,
@@ -132,6 +135,7 @@ def snapshot_of(rt: Running) -> Snapshot:
             "sessions": sessions,
             "reloads": rt.reloads,
             "workers": 1,
+            "cluster": rt.cluster_status(),
             "processes": [
                 {
                     "pid": os.getpid(),

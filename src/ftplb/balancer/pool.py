@@ -38,6 +38,8 @@ class Backend:
     shared: SharedCounters | None = None
     """With several workers: `sessions` and `sessions_total` of all of them
     (kept by `Pool.assign` and `Pool.release`)."""
+    remote: int = 0
+    """Sessions other ftplb nodes hold on it ([cluster]: their last heartbeats)."""
 
     def __post_init__(self) -> None:
         self.weight = self.config.weight
@@ -50,10 +52,10 @@ class Backend:
 
     @property
     def load(self) -> int:
-        """Current sessions, all workers."""
+        """Current sessions, all workers (and, in a cluster, all nodes)."""
         if self.shared is None:
-            return self.sessions
-        return self.shared.total(f"sessions|{self.name}")
+            return self.sessions + self.remote
+        return self.shared.total(f"sessions|{self.name}") + self.remote
 
     @property
     def picks(self) -> int:

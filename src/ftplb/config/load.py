@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import socket
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from ftplb.config.model import (
     AdminConfig,
     BackendConfig,
     BalancerConfig,
+    ClusterConfig,
     Config,
     DiscoveryConfig,
     HealthConfig,
@@ -84,10 +87,21 @@ def parse_config(data: dict[str, Any], file: str = "<config>") -> Config:
         Table(file, "public_addresses", top.get("public_addresses", dict, {})), balancer
     )
     discovery = _parse_discovery(Table(file, "discovery", top.get("discovery", dict, {})))
+    cluster = _parse_cluster(Table(file, "cluster", top.get("cluster", dict, {})))
     top.finish()
     _check_listeners(file, balancer, tls, admin, backends)
     return Config(
-        file, balancer, health, tls, admin, backends, log, users, public_addresses, discovery
+        file,
+        balancer,
+        health,
+        tls,
+        admin,
+        backends,
+        log,
+        users,
+        public_addresses,
+        discovery,
+        cluster,
     )
 
 
@@ -279,6 +293,35 @@ def _parse_public_addresses(t: Table, balancer: BalancerConfig) -> tuple[tuple[s
         pairs.append((network, value))
     pairs.sort(key=lambda pair: -ipaddress.ip_network(pair[0]).prefixlen)
     return tuple(pairs)
+
+
+def _parse_cluster(t: Table) -> ClusterConfig:
+    url = t.get("redis", str, "")
+    if url:
+        parts = urllib.parse.urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        db = parts.path.strip("/")
+        if (
+            parts.scheme not in ("redis", "rediss", "unix")
+            or (parts.scheme != "unix" and not parts.hostname)
+            or port == -1
+            or (db and not (db.isascii() and db.isdigit()))
+        ):
+            raise t.error(
+                "redis", f"{url!r} is not a Redis URL (redis://host:port/db, rediss://, unix://)"
+            )
+    node = t.get("node", str, "") or socket.gethostname()
+    if not BACKEND_NAME.fullmatch(node):
+        raise t.error("node", f"{node!r}: use letters, digits, '.', '_' and '-' (at most 64)")
+    advertise = t.parsed("advertise", parse_host_port, None)
+    cfg = ClusterConfig(redis=url, node=node, advertise=advertise)
+    t.finish()
+    if (advertise is not None) and not url:
+        raise t.error("advertise", "needs redis (the other nodes find it there)")
+    return cfg
 
 
 def _parse_discovery(t: Table) -> DiscoveryConfig:

@@ -244,6 +244,16 @@ class DiscoveryConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    redis: str = ""
+    """redis://host:port/db of the shared state; empty: no cluster."""
+    node: str = ""
+    """This node's name (default: the host name)."""
+    advertise: HostPort | None = None
+    """Inspect mode: where other nodes forward data connections for sessions held here."""
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     balancer: BalancerConfig
@@ -257,6 +267,7 @@ class Config:
     public_addresses: tuple[tuple[str, str], ...] = ()
     """Inspect mode: (client network, address told in PASV), most specific first."""
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def public_address_for(self, client_ip: str, local_ip: str) -> str:
         """What PASV tells this client: the most specific `[public_addresses]`

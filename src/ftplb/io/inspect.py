@@ -14,6 +14,7 @@ from typing import Any
 from ftplb.balancer.dataports import DataPorts
 from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config
+from ftplb.io.cluster import Cluster
 from ftplb.io.control import ControlSession
 from ftplb.io.passive import PassiveListeners
 from ftplb.io.proxied import Networks, front
@@ -48,6 +49,8 @@ class InspectBalancer:
         self.sessions: set[ControlSession] = set()
         self.counts = SessionCounts(self.shared)
         self.ids = SessionIds(self.shared.worker)
+        self.cluster: Cluster | None = None
+        """[cluster]: bans and failed logins are shared with other nodes."""
         self.per_ip: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.logins: Counter[str] = Counter()
@@ -210,6 +213,8 @@ class InspectBalancer:
     def lift_ban(self, ip: str) -> bool:
         """Lift a ban and forget the failures (shared: every worker at once)."""
         lifted = self.shared.logins.lift(ip)
+        if self.cluster is not None:
+            self.cluster.lifted(ip)  # lifted everywhere (it may be banned on another node only)
         if lifted:
             event(log, logging.WARNING, "operator", "ban of %s lifted by operator", ip)
         return lifted
@@ -252,10 +257,17 @@ class InspectBalancer:
             return
         ip = session.client_addr[0]
         b = self.config.balancer
-        # Counted where the bans live: every worker's failures add up.
-        if self.shared.logins.failed(
+        # Counted where the bans live: every worker's failures add up (and,
+        # in a cluster, every node's, in the background).
+        banned = self.shared.logins.failed(
             ip, self.loop.time(), b.max_login_failures, b.login_failure_window, b.ban_time
-        ):
+        )
+        if self.cluster is not None:
+            if banned:
+                self.cluster.banned(ip, time.time() + b.ban_time)
+            else:
+                self.cluster.failed(ip, b.max_login_failures, b.login_failure_window, b.ban_time)
+        if banned:
             event(
                 log,
                 logging.WARNING,

@@ -97,7 +97,7 @@ def test_backend_counts_add_up_health_and_settings_from_the_first() -> None:
     merged = merge(three_workers())["backends"]
     assert [b["name"] for b in merged] == ["a", "b"]
     a, b = merged
-    assert a["sessions"] == {"current": 1 + 2 + 3, "total": 10 + 20 + 30}
+    assert a["sessions"] == {"current": 1 + 2 + 3, "total": 10 + 20 + 30, "other_nodes": 0}
     assert a["bytes"] == {"in": 600, "out": 6000}
     assert a["data_connections"] == 42
     assert a["check"] == {"status": "220 greeting", "last_change": None, "failures": 6}

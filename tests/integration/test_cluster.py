@@ -1,0 +1,237 @@
+"""Several ftplb nodes sharing a real Redis (Debian's redis-server, started here):
+bans and failed logins, drains and leastconn hold across nodes; a node killed
+with SIGKILL stops counting; a Redis outage stops nothing and heals; a second
+node with the same name stays out."""
+
+from __future__ import annotations
+
+import ftplib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster import (
+    BALANCER_HOST,
+    PASSWORD,
+    USER,
+    Cluster,
+    Process,
+    free_ports,
+    listening,
+    wait_for,
+)
+from tests.conftest import need
+from tests.integration.test_admin import TOKEN, call, metrics
+
+REDIS_HOST = "127.0.2.6"
+
+
+class Redis:
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.port = free_ports(1, REDIS_HOST)
+        self.process: Process | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://{REDIS_HOST}:{self.port}/0"
+
+    def start(self) -> None:
+        argv = [
+            need("redis-server"),
+            "--bind", REDIS_HOST, "--port", str(self.port),
+            "--save", "", "--appendonly", "no", "--daemonize", "no",
+            "--dir", str(self.cluster.workdir),
+        ]  # fmt: skip
+        self.process = self.cluster.spawn(f"redis-{time.monotonic_ns()}", argv)
+        wait_for(lambda: listening(REDIS_HOST, self.port), what="redis-server")
+
+    def stop(self) -> None:
+        assert self.process is not None
+        self.process.stop()
+
+
+@pytest.fixture
+def redis(cluster: Cluster) -> Iterator[Redis]:
+    yield Redis(cluster)
+
+
+class Node:
+    def __init__(self, name: str, process: Process, port: int, admin: str) -> None:
+        self.name, self.process, self.port, self.admin = name, process, port, admin
+
+    def login(self, source: str, password: str = PASSWORD) -> ftplib.FTP:
+        ftp = ftplib.FTP(timeout=10, source_address=(source, 0))
+        ftp.connect(BALANCER_HOST, self.port)
+        ftp.login(USER, password)
+        return ftp
+
+    def backends(self) -> dict[str, dict[str, Any]]:
+        return {b["name"]: b for b in call(self.admin + "/api/backends")}
+
+
+def node(
+    cluster: Cluster, redis: Redis, name: str, node_name: str | None = None, **extra: Any
+) -> Node:
+    port, admin = free_ports(1), free_ports(1)
+    sections = {
+        "admin": {"listen": f"127.0.0.1:{admin}", "token": TOKEN},
+        "cluster": {"redis": redis.url, "node": node_name or name},
+        **extra.pop("sections", {}),
+    }
+    process = cluster.spawn_balancer(
+        name,
+        listen=f"{BALANCER_HOST}:{port}",
+        mode="inspect",
+        send_proxy="off",
+        workers=1,
+        sections=sections,
+        **extra,
+    )
+    n = Node(name, process, port, f"http://127.0.0.1:{admin}")
+    wait_for(
+        lambda: call(n.admin + "/api/status")["cluster"]["connected"] or node_name, what="join"
+    )
+    return n
+
+
+def two_nodes(cluster: Cluster, redis: Redis, **extra: Any) -> tuple[Node, Node]:
+    for _ in range(2):
+        cluster.add_backend(proxy_protocol=False)
+    return node(cluster, redis, "lb1", **extra), node(cluster, redis, "lb2", **extra)
+
+
+def fail(n: Node, source: str) -> None:
+    with suppress(ftplib.error_perm, ftplib.error_temp, EOFError, ConnectionError):
+        n.login(source, "wrong").quit()
+
+
+def refused(n: Node, source: str) -> bool:
+    try:
+        n.login(source).quit()
+    except ftplib.error_temp as exc:
+        return str(exc).startswith("421")
+    return False
+
+
+def test_bans_and_failed_logins_hold_across_nodes(cluster: Cluster, redis: Redis) -> None:
+    a, b = two_nodes(cluster, redis, max_login_failures=3)
+    # Two failures on one node and one on the other: three across the cluster.
+    fail(a, "127.0.0.90")
+    fail(a, "127.0.0.90")
+    fail(b, "127.0.0.90")
+    wait_for(lambda: refused(a, "127.0.0.90") and refused(b, "127.0.0.90"), what="ban on both")
+    assert "after 3 failed logins across the cluster" in b.process.log()
+    # A ban made on one node holds on the other at once, and for a node that starts later.
+    for _ in range(3):
+        fail(a, "127.0.0.91")
+    wait_for(lambda: refused(b, "127.0.0.91"), what="lb1's ban on lb2")
+    c = node(cluster, redis, "lb3", max_login_failures=3)
+    assert refused(c, "127.0.0.91")
+    # Lifted through one node's API: lifted on all, failures forgotten.
+    assert call(b.admin + "/api/bans/127.0.0.91", "DELETE") == {"lifted": "127.0.0.91"}
+    wait_for(lambda: not refused(a, "127.0.0.91") and not refused(c, "127.0.0.91"), what="lift")
+    fail(a, "127.0.0.91")
+    a.login("127.0.0.91").quit()
+
+
+def test_drain_and_leastconn_across_nodes(cluster: Cluster, redis: Redis) -> None:
+    a, b = two_nodes(cluster, redis)
+    call(a.admin + "/api/backends/ftp1/drain", "POST")
+    wait_for(lambda: b.backends()["ftp1"]["state"] == "DRAIN", what="the drain on lb2")
+    assert "set on another node" in b.process.log()
+    call(b.admin + "/api/backends/ftp1/enable", "POST")
+    wait_for(lambda: a.backends()["ftp1"]["state"] == "UP", what="the enable on lb1")
+    # Three sessions on lb1, all on ftp1 (ftp2 drained meanwhile)...
+    call(a.admin + "/api/backends/ftp2/drain", "POST")
+    wait_for(lambda: b.backends()["ftp2"]["state"] == "DRAIN")
+    with ExitStack() as stack:
+        held = [stack.enter_context(a.login(f"127.0.0.{100 + i}")) for i in range(3)]
+        assert {cluster.backend_of(f) for f in held} == {"ftp1"}
+        call(a.admin + "/api/backends/ftp2/enable", "POST")
+        wait_for(lambda: b.backends()["ftp2"]["state"] == "UP")
+        # ...are seen by lb2 within a heartbeat: its next three go to ftp2.
+        wait_for(lambda: b.backends()["ftp1"]["sessions"]["other_nodes"] == 3, what="counts")
+        fresh = [stack.enter_context(b.login(f"127.0.0.{110 + i}")) for i in range(3)]
+        assert [cluster.backend_of(f) for f in fresh] == ["ftp2", "ftp2", "ftp2"]
+    # A node killed with SIGKILL: its counts expire instead of skewing leastconn.
+    with ExitStack() as stack:
+        for i in range(2):
+            stack.enter_context(a.login(f"127.0.0.{120 + i}"))
+        wait_for(lambda: sum(x["sessions"]["other_nodes"] for x in b.backends().values()) == 2)
+        a.process.stop(signal.SIGKILL)
+        wait_for(
+            lambda: sum(x["sessions"]["other_nodes"] for x in b.backends().values()) == 0,
+            timeout=15,
+            what="the dead node's counts to expire",
+        )
+
+
+def test_a_redis_outage_stops_nothing_and_heals(cluster: Cluster, redis: Redis) -> None:
+    a, b = two_nodes(cluster, redis, max_login_failures=2)
+
+    def connected(n: Node) -> float:
+        return metrics(n.admin)[("ftplb_cluster_connected", ())]
+
+    assert connected(a) == connected(b) == 1
+    wait_for(lambda: metrics(a.admin)[("ftplb_cluster_nodes", ())] == 2, what="two nodes seen")
+    redis.stop()
+    wait_for(lambda: connected(a) == 0 and connected(b) == 0, what="the outage noticed")
+    # Sessions go on through both nodes, transfers included.
+    for n in (a, b):
+        for i in range(3):
+            ftp = n.login(f"127.0.0.{130 + i}")
+            assert ftp.nlst()  # a data connection too
+            ftp.quit()
+    # A ban made during the outage holds on its own node...
+    fail(a, "127.0.0.95")
+    fail(a, "127.0.0.95")
+    assert refused(a, "127.0.0.95") and not refused(b, "127.0.0.95")
+    time.sleep(2)
+    assert a.process.log().count("unreachable") == 1  # logged once, not per retry
+    redis.start()  # the same port, empty
+    wait_for(lambda: connected(a) == 1 and connected(b) == 1, timeout=20, what="rejoined")
+    # ...and reaches the other once Redis is back.
+    wait_for(lambda: refused(b, "127.0.0.95"), what="the outage's ban to converge")
+
+
+def test_the_same_node_name_twice_stays_out(cluster: Cluster, redis: Redis) -> None:
+    cluster.add_backend(proxy_protocol=False)
+    a = node(cluster, redis, "lb1")
+    b = node(cluster, redis, "lb1-copy", node_name="lb1")
+    wait_for(lambda: "another running ftplb node is named 'lb1'" in b.process.log())
+    assert call(b.admin + "/api/status")["cluster"]["connected"] is False
+    assert call(a.admin + "/api/status")["cluster"]["connected"] is True
+    b.login("127.0.0.140").quit()  # it still serves, on its own state
+
+
+@pytest.mark.parametrize(
+    ("section", "reason"),
+    [
+        ('redis = "http://127.0.0.1:6379"', "is not a Redis URL"),
+        ('redis = "redis://127.0.0.1:99999"', "is not a Redis URL"),
+        ('redis = "redis://127.0.0.1:6379/x"', "is not a Redis URL"),
+        ('redis = "redis://127.0.0.1:6379"\nadvertise = "nope"', "cluster.advertise"),
+        ('node = "bad name!"', "cluster.node"),
+    ],
+)
+def test_bad_cluster_settings_exit_2(tmp_path: Path, section: str, reason: str) -> None:
+    config = tmp_path / "ftplb.toml"
+    config.write_text(
+        '[balancer]\nlisten = "127.0.0.1:2121"\n\n[cluster]\n'
+        + section
+        + '\n\n[[backends]]\nname = "a"\naddress = "127.0.1.1:21"\npassive_ports = "30000-30009"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "ftplb", "check", "-c", str(config)], capture_output=True, text=True
+    )
+    assert done.returncode == 2, done.stdout
+    assert str(config) in done.stderr and reason in done.stderr, done.stderr
