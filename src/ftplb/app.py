@@ -192,7 +192,7 @@ class Runtime:
         if isinstance(self.balancer, InspectBalancer):
             self.balancer.shared.logins.lift(ip)
 
-    def _remote_backend_change(self, name: str, fields: dict[str, Any]) -> None:
+    def _remote_backend_change(self, name: str, fields: dict[str, Any], node: str) -> None:
         b = self.backend(name)
         if b is None:
             return
@@ -205,8 +205,8 @@ class Runtime:
         if (b.draining, b.disabled, b.weight) != before:
             event(
                 log, logging.WARNING, "operator",
-                "backend %s: draining=%s disabled=%s weight=%d, set on another node",
-                name, b.draining, b.disabled, b.weight,
+                "backend %s: draining=%s disabled=%s weight=%d, set on another node (%s)",
+                name, b.draining, b.disabled, b.weight, node,
             )  # fmt: skip
 
     async def reload(self) -> tuple[bool, str]:

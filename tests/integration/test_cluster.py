@@ -147,7 +147,13 @@ def test_drain_and_leastconn_across_nodes(cluster: Cluster, redis: Redis) -> Non
     a, b = two_nodes(cluster, redis)
     call(a.admin + "/api/backends/ftp1/drain", "POST")
     wait_for(lambda: b.backends()["ftp1"]["state"] == "DRAIN", what="the drain on lb2")
-    assert "set on another node" in b.process.log()
+    assert "set on another node (lb1)" in b.process.log()
+    # Both nodes list each other, with their sessions and when they were last heard.
+    members = wait_for(
+        lambda: len(m := call(b.admin + "/api/status")["cluster"]["members"]) == 2 and m
+    )
+    assert [m["node"] for m in members] == ["lb1", "lb2"]
+    assert all(time.time() - m["last_seen"] < 5 for m in members)
     call(b.admin + "/api/backends/ftp1/enable", "POST")
     wait_for(lambda: a.backends()["ftp1"]["state"] == "UP", what="the enable on lb1")
     # Three sessions on lb1, all on ftp1 (ftp2 drained meanwhile)...

@@ -200,7 +200,20 @@ def top_view(client: AdminClient, now: float) -> Any:
     changed.add_column("text")
     for e in reversed(events):
         changed.add_row(time.strftime("%H:%M:%S", time.localtime(e["time"])), e["kind"], e["text"])
-    return Group(backend_table(status, backends), who, banned, changed)
+    parts: list[Any] = [backend_table(status, backends)]
+    cluster = status.get("cluster")
+    if cluster:
+        nodes = Table(
+            title=f"cluster: Redis {'connected' if cluster['connected'] else 'UNREACHABLE'}",
+            title_justify="left",
+        )
+        for column in ("node", "sessions", "seen"):
+            nodes.add_column(column, no_wrap=True, justify="left" if column == "node" else "right")
+        for m in cluster.get("members", []):
+            this = " (this)" if m["node"] == cluster["node"] else ""
+            nodes.add_row(m["node"] + this, str(m["sessions"]), f"{now - m['last_seen']:.0f}s ago")
+        parts.append(nodes)
+    return Group(*parts, who, banned, changed)
 
 
 def run_top(client: AdminClient, interval: float, rounds: int | None = None) -> None:

@@ -58,7 +58,7 @@ class ClusterHooks:
         self,
         impose_ban: Callable[[str, float], None],
         lift_ban: Callable[[str], None],
-        backend_changed: Callable[[str, dict[str, Any]], None],
+        backend_changed: Callable[[str, dict[str, Any], str], None],
         local_bans: Callable[[], list[tuple[str, float]]],
     ) -> None:
         self.impose_ban = impose_ban
@@ -87,6 +87,8 @@ class Cluster:
         self.refused = False
         """Another running node has our name: we stay out (loudly)."""
         self.nodes = 0
+        self.members: dict[str, dict[str, Any]] = {}
+        """Every node seen in Redis: sessions (all its workers) and last seen (epoch s)."""
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task[None]] = set()
         self._down_since = 0.0
@@ -163,7 +165,9 @@ class Cluster:
         async for key in self.redis.scan_iter(match=PREFIX + "backend:*", count=500):
             fields = await self.redis.hgetall(key)
             if fields:
-                self.hooks.backend_changed(key[len(PREFIX + "backend:") :], _decode(fields))  # type: ignore[arg-type]
+                name = key[len(PREFIX + "backend:") :]
+                decoded = _decode(fields)  # type: ignore[arg-type]
+                self.hooks.backend_changed(name, decoded, str(decoded.pop("node", "?")))
 
     async def _heartbeat(self) -> None:
         backoff = 0.5
@@ -185,24 +189,29 @@ class Cluster:
     async def _beat(self) -> None:
         mine = {b.name: b.sessions for b in self.pool.backends}
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self._node_key(), mapping={"sessions": json.dumps(mine)})
+        beat = {"sessions": json.dumps(mine), "time": str(time.time())}
+        pipe.hset(self._node_key(), mapping=beat)  # type: ignore[arg-type]
         pipe.expire(self._node_key(), NODE_TTL)
         if self.worker == 0:
             pipe.set(f"{PREFIX}owner:{self.node}", self.instance, xx=True, ex=NODE_TTL * 2)
         await pipe.execute()
         remote: dict[str, int] = {}
-        nodes = {self.node}
+        members: dict[str, dict[str, Any]] = {}
         async for key in self.redis.scan_iter(match=PREFIX + "node:*", count=500):
             node = key[len(PREFIX + "node:") :].rsplit(":", 1)[0]
-            nodes.add(node)
+            heard: dict[str, str] = await self.redis.hgetall(key)  # type: ignore[assignment]
+            counts = json.loads(heard.get("sessions", "{}"))
+            member = members.setdefault(node, {"node": node, "sessions": 0, "last_seen": 0.0})
+            member["sessions"] += sum(int(c) for c in counts.values())
+            member["last_seen"] = max(member["last_seen"], float(heard.get("time", 0)))
             if node == self.node:
                 continue  # this node's workers: the shared counters have them
-            value = await self.redis.hget(key, "sessions")
-            for name, count in json.loads(value or "{}").items():
+            for name, count in counts.items():
                 remote[name] = remote.get(name, 0) + int(count)
         for b in self.pool.backends:
             b.remote = remote.get(b.name, 0)
-        self.nodes = len(nodes)
+        self.members = members
+        self.nodes = len(members | {self.node: {}})
 
     async def _listen(self) -> None:
         while True:
@@ -232,7 +241,8 @@ class Cluster:
         elif kind == "lift":
             self.hooks.lift_ban(str(message["address"]))
         elif kind == "backend":
-            self.hooks.backend_changed(str(message["name"]), dict(message["fields"]))
+            node = str(message.get("node", "?"))
+            self.hooks.backend_changed(str(message["name"]), dict(message["fields"]), node)
 
     # -- what this node tells the others (in the background: nobody waits)
 
@@ -319,6 +329,7 @@ class Cluster:
             "node": self.node,
             "connected": self.connected and not self.refused,
             "nodes": self.nodes if self.connected else 1,
+            "members": sorted(self.members.values(), key=lambda m: m["node"]),
         }
 
 

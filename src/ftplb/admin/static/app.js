@@ -209,6 +209,14 @@ async function refresh() {
     $("ports").hidden = !ports;
     if (ports) $("ports").textContent = `Data ports: ${ports.in_use} of ${ports.total} with passive requests waiting ` +
       `(${ports.waiting} requests; a port serves many clients), ${ports.open} data connections open`;
+    const cluster = status.cluster;
+    $("cluster").hidden = !cluster;
+    if (cluster) {
+      const members = (cluster.members || []).map((m) =>
+        `${m.node}${m.node === cluster.node ? " (this node)" : ""}: ${m.sessions} sessions, seen ${age(now / 1000 - m.last_seen)} ago`);
+      $("cluster").textContent = `Cluster: Redis ${cluster.connected ? "connected" : "UNREACHABLE (this node goes on alone)"}, ` +
+        `${cluster.nodes} nodes` + (members.length ? " — " + members.join("; ") : "");
+    }
     if (errorBox.textContent.startsWith("cannot reach")) errorBox.textContent = "";
   } catch (e) {
     errorBox.textContent = "cannot reach the balancer: " + e;
