@@ -141,6 +141,7 @@ async def concurrent(host: str, port: int, clients: int) -> float:
 MOD_PROXY = "ProFTPD mod_proxy (inspect peer)"
 INSPECT = "ftplb inspect, 1,000 data ports"
 INSPECT_20 = "ftplb inspect, 20 shared data ports"
+INSPECT_CLUSTER = "ftplb inspect, 20 shared data ports, [cluster] with Redis"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -247,6 +248,24 @@ def main() -> int:
             public_address="127.0.0.6",
             data_ports=f"{first}-{first + 19}",
         )
+        # The same with [cluster]: a real Redis beside it (what the cluster costs).
+        redis_port = free_ports(1, "127.0.2.7")
+        c.spawn(
+            "redis",
+            ["redis-server", "--bind", "127.0.2.7", "--port", str(redis_port), "--save", ""],
+        )
+        wait_for(lambda: listening("127.0.2.7", redis_port), what="redis-server")
+        cluster_port = free_ports(1, "127.0.0.7")
+        first = free_ports(20, "127.0.0.7")
+        lb5 = c.spawn_balancer(
+            "ftplb-inspect-cluster",
+            send_proxy="off",
+            mode="inspect",
+            listen=f"127.0.0.7:{cluster_port}",
+            public_address="127.0.0.7",
+            data_ports=f"{first}-{first + 19}",
+            sections={"cluster": {"redis": f"redis://127.0.2.7:{redis_port}/0", "node": "bench"}},
+        )
         targets = {
             "direct (one backend)": (c.backends[0].host, c.backends[0].port),
             "ftplb routed, 1 process": (BALANCER_HOST, c.balancer_port),
@@ -254,6 +273,7 @@ def main() -> int:
             "HAProxy (rendered)": ("127.0.0.2", haproxy_port),
             INSPECT: ("127.0.0.5", inspect_port),
             INSPECT_20: ("127.0.0.6", shared_port),
+            INSPECT_CLUSTER: ("127.0.0.7", cluster_port),
         }
         assert c.balancer is not None
         haproxy_pid = next(p for p in c.processes if p.name.startswith("haproxy")).popen.pid
@@ -263,6 +283,7 @@ def main() -> int:
             "HAProxy (rendered)": haproxy_pid,
             INSPECT: lb3.popen.pid,
             INSPECT_20: lb4.popen.pid,
+            INSPECT_CLUSTER: lb5.popen.pid,
         }
         mod_proxy = start_mod_proxy(c, *c.backends, passive=300)
         if mod_proxy is not None:

@@ -94,7 +94,7 @@ class Runtime:
                 self._impose_ban, self._lift_ban, self._remote_backend_change, self._local_bans
             )
             worker = shared.worker if shared is not None else 0
-            self.cluster = Cluster(config, self.pool, hooks, worker)
+            self.cluster = Cluster(config, self.pool, hooks, worker, self.balancer.counts)
             if isinstance(self.balancer, InspectBalancer):
                 self.balancer.cluster = self.cluster
         self.overflows = OverflowWatch(self.balancer.control_sockets)

@@ -181,6 +181,17 @@ def test_drain_and_leastconn_across_nodes(cluster: Cluster, redis: Redis) -> Non
         )
 
 
+def test_max_sessions_holds_across_nodes(cluster: Cluster, redis: Redis) -> None:
+    a, b = two_nodes(cluster, redis, max_sessions=3)
+    with ExitStack() as stack:
+        for i in range(2):
+            stack.enter_context(a.login(f"127.0.0.{150 + i}"))
+        wait_for(lambda: sum(x["sessions"]["other_nodes"] for x in b.backends().values()) == 2)
+        stack.enter_context(b.login("127.0.0.152"))  # the third, cluster-wide
+        with pytest.raises(ftplib.error_temp, match=r"^421 Too many sessions"):
+            b.login("127.0.0.153")
+
+
 def test_a_redis_outage_stops_nothing_and_heals(cluster: Cluster, redis: Redis) -> None:
     a, b = two_nodes(cluster, redis, max_login_failures=2)
 

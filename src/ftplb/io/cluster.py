@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 
 from ftplb.balancer.pool import Pool
 from ftplb.config import Config
+from ftplb.io.sessions import SessionCounts
 from ftplb.logs import event
 
 log = logging.getLogger("ftplb.cluster")
@@ -69,9 +70,18 @@ class ClusterHooks:
 
 
 class Cluster:
-    def __init__(self, config: Config, pool: Pool, hooks: ClusterHooks, worker: int = 0) -> None:
+    def __init__(
+        self,
+        config: Config,
+        pool: Pool,
+        hooks: ClusterHooks,
+        worker: int = 0,
+        counts: SessionCounts | None = None,
+    ) -> None:
         self.config = config
         self.pool = pool
+        self.counts = counts
+        """max_sessions across nodes: told the other nodes' session total."""
         self.hooks = hooks
         self.node = config.cluster.node
         self.worker = worker
@@ -183,6 +193,8 @@ class Cluster:
                 self._lost(exc)
                 for b in self.pool.backends:
                     b.remote = 0  # stale: go on with what this node knows
+                if self.counts is not None:
+                    self.counts.elsewhere = 0
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -210,6 +222,8 @@ class Cluster:
                 remote[name] = remote.get(name, 0) + int(count)
         for b in self.pool.backends:
             b.remote = remote.get(b.name, 0)
+        if self.counts is not None:
+            self.counts.elsewhere = sum(remote.values())
         self.members = members
         self.nodes = len(members | {self.node: {}})
 

@@ -74,7 +74,12 @@ class SessionCounts:
         self.total = 0
 
     def full(self, max_sessions: int) -> bool:
-        return self.shared.sessions.total("") >= max_sessions
+        """Every worker's sessions, and in a cluster the other nodes' (`elsewhere`,
+        from their last heartbeats), have reached `max_sessions`."""
+        return self.shared.sessions.total("") + self.elsewhere >= max_sessions
+
+    elsewhere = 0
+    """[cluster]: sessions the other nodes hold (io/cluster.py keeps it)."""
 
     def opened(self) -> None:
         self.current += 1
