@@ -94,7 +94,8 @@ class Runtime:
                 self._impose_ban, self._lift_ban, self._remote_backend_change, self._local_bans
             )
             worker = shared.worker if shared is not None else 0
-            self.cluster = Cluster(config, self.pool, hooks, worker, self.balancer.counts)
+            instance = shared.instance if shared is not None else None
+            self.cluster = Cluster(config, self.pool, hooks, worker, self.balancer.counts, instance)
             if isinstance(self.balancer, InspectBalancer):
                 self.balancer.cluster = self.cluster
         self.overflows = OverflowWatch(self.balancer.control_sockets)
@@ -114,6 +115,12 @@ class Runtime:
             # checked before it gets a session, like every other.
             await self.discovery.refresh()
             self.pool.update(self._backends(self.config), self.config.balancer.balance)
+        if self.cluster is not None:
+            # The cluster's bans and drains before the first client, if Redis
+            # answers soon; a Redis that does not never holds up the start.
+            self.cluster.start()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.cluster.synced.wait(), 2.0)
         # The first round runs before we accept anyone: no client meets a dead backend.
         await self.health.first_round()
         try:
@@ -124,8 +131,7 @@ class Runtime:
         self.health.start()
         if self.discovery is not None:
             self.discovery.start()
-        if self.cluster is not None:
-            self.cluster.start()
+
         if self._watch_overflows:
             self.overflows.start()
 
@@ -157,6 +163,7 @@ class Runtime:
         event(
             log, logging.WARNING, "operator", "backend %s: maintenance (disabled) by operator", name
         )
+        self._tell_cluster(b)
         return True
 
     def set_weight(self, name: str, weight: int) -> bool:
@@ -181,7 +188,8 @@ class Runtime:
     def _impose_ban(self, ip: str, until: float) -> None:
         if isinstance(self.balancer, InspectBalancer):
             now = self.balancer.loop.time()
-            self.balancer.shared.logins.impose(ip, now, now + until - time.time())
+            window = self.config.balancer.login_failure_window
+            self.balancer.shared.logins.impose(ip, now, now + until - time.time(), window)
 
     def _local_bans(self) -> list[tuple[str, float]]:
         if not isinstance(self.balancer, InspectBalancer):

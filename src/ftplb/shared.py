@@ -16,6 +16,7 @@ import hashlib
 import ipaddress
 import mmap
 import multiprocessing
+import uuid
 import zlib
 
 BUCKETS = 1 << 14
@@ -139,11 +140,14 @@ class SharedLogins:
             q[base + self._NEXT] = 0
             return True
 
-    def impose(self, ip: str, now: float, until: float) -> None:
+    def impose(self, ip: str, now: float, until: float, window: float) -> None:
         """A ban decided elsewhere (another ftplb node): `ip` is refused until
-        `until` (both on the monotonic clock)."""
+        `until` (both on the monotonic clock). `window`: login_failure_window, so
+        that claiming a cell never evicts another address's recent failures."""
+        if until <= now:
+            return
         with self._lock:
-            base = self._cell(self._key(ip), True, _ms(now), 0)
+            base = self._cell(self._key(ip), True, _ms(now), _ms(window))
             if base is not None and self._q[base + self._UNTIL] < _ms(until):
                 self._q[base + self._UNTIL] = _ms(until)
 
@@ -242,6 +246,8 @@ class Shared:
         """Per backend: current and total sessions, all workers (leastconn)."""
         self.health = SharedHealth()
         """Worker 0's health checks, followed by the other workers."""
+        self.instance = uuid.uuid4().hex
+        """This running balancer, all its workers ([cluster]: who holds the node name)."""
 
     def set_worker(self, index: int) -> None:
         self.worker = index

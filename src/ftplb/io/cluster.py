@@ -77,6 +77,7 @@ class Cluster:
         hooks: ClusterHooks,
         worker: int = 0,
         counts: SessionCounts | None = None,
+        instance: str | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
@@ -85,8 +86,9 @@ class Cluster:
         self.hooks = hooks
         self.node = config.cluster.node
         self.worker = worker
-        self.instance = uuid.uuid4().hex
-        """This process: its own messages are ignored when they come back."""
+        self.instance = instance or uuid.uuid4().hex
+        """This balancer, all its workers: it holds the node's name, and its own
+        messages are ignored when they come back (its workers share the rest)."""
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
             config.cluster.redis,
             socket_timeout=OP_TIMEOUT,
@@ -102,6 +104,12 @@ class Cluster:
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task[None]] = set()
         self._down_since = 0.0
+        self._offline_backends: dict[str, dict[str, Any]] = {}
+        """Operator changes made during an outage: they win when Redis is back."""
+        self._offline_lifts: set[str] = set()
+        self.synced = asyncio.Event()
+        """Set once the stored state (bans, backend settings) has been read."""
+        """Bans lifted during an outage: lifted everywhere when Redis is back."""
 
     # -- life
 
@@ -115,12 +123,15 @@ class Cluster:
         for t in [*self._tasks, *self._pending]:
             t.cancel()
         for t in [*self._tasks, *self._pending]:
-            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(Exception):
             if self.connected:
                 await self.redis.delete(self._node_key())
-        with contextlib.suppress(RedisError, OSError):
+                owner = f"{PREFIX}owner:{self.node}"
+                if self.worker == 0 and await self.redis.get(owner) == self.instance:
+                    await self.redis.delete(owner)  # a restart may take the name at once
+        with contextlib.suppress(Exception):
             await self.redis.aclose()
 
     def _node_key(self) -> str:
@@ -131,52 +142,74 @@ class Cluster:
             event(
                 log, logging.ERROR, "cluster",
                 "cluster: Redis at %s unreachable (%s); going on with this node's own state",
-                self.config.cluster.redis, exc or type(exc).__name__,
+                self.config.cluster.redis, str(exc) or type(exc).__name__,
             )  # fmt: skip
             self._down_since = time.monotonic()
         self.connected = False
 
     async def _joined(self) -> bool:
-        """(Re)join: claim our name, then catch up with the stored state."""
-        owner = f"{PREFIX}owner:{self.node}"
-        if self.worker == 0:
-            mine = await self.redis.set(owner, self.instance, nx=True, ex=NODE_TTL * 2)
-            holder = await self.redis.get(owner)
-            if not mine and holder != self.instance:
-                if not self.refused:
-                    event(
-                        log, logging.ERROR, "cluster",
-                        "cluster: another running ftplb node is named %r: this one stays out of"
-                        " the cluster (set [cluster] node to a name of its own)", self.node,
-                    )  # fmt: skip
-                self.refused = True
-                return False
-            self.refused = False
-        await self._catch_up()
+        """(Re)join: the node's name must be ours (this balancer's, all workers)."""
+        if not await self._hold_name():
+            return False
         if not self.connected:
             event(log, logging.INFO, "cluster", "cluster: connected to Redis as node %s", self.node)
         self.connected = True
         self._down_since = 0.0
         return True
 
+    async def _hold_name(self) -> bool:
+        """Claim (worker 0) or check the name; False, and loudly once, when another
+        running balancer holds it."""
+        owner = f"{PREFIX}owner:{self.node}"
+        holder = await self.redis.get(owner)
+        if holder is None and self.worker == 0:
+            await self.redis.set(owner, self.instance, nx=True, ex=NODE_TTL * 2)
+            holder = await self.redis.get(owner)
+        elif holder == self.instance and self.worker == 0:
+            await self.redis.expire(owner, NODE_TTL * 2)
+        if holder == self.instance:
+            self.refused = False
+            return True
+        if holder is not None and not self.refused:
+            if self.worker == 0:
+                event(
+                    log, logging.ERROR, "cluster",
+                    "cluster: another running ftplb node is named %r: this one stays out of"
+                    " the cluster (set [cluster] node to a name of its own)", self.node,
+                )  # fmt: skip
+            self.refused = True
+        if self.refused:
+            self.connected = False
+        return False  # taken, or worker 0 has not claimed it yet
+
     async def _catch_up(self) -> None:
         """Bans and backend settings stored while we were away (or before we
         started), and the bans this node made meanwhile, told to the others."""
         now = time.time()
         pipe = self.redis.pipeline(transaction=False)
+        lifted, self._offline_lifts = self._offline_lifts, set()
+        for ip in lifted:
+            pipe.delete(PREFIX + "ban:" + ip, PREFIX + "fail:" + ip)
+            self._publish(pipe, {"type": "lift", "address": ip})
+        changed, self._offline_backends = self._offline_backends, {}
+        for name, fields in changed.items():
+            mapping = {k: json.dumps(v) for k, v in {**fields, "node": self.node}.items()}
+            pipe.hset(PREFIX + "backend:" + name, mapping=mapping)  # type: ignore[arg-type]
+            self._publish(pipe, {"type": "backend", "name": name, "fields": fields})
         for ip, mine in self.hooks.local_bans():
             pipe.set(PREFIX + "ban:" + ip, mine, ex=max(1, int(mine - now) + 1))
             self._publish(pipe, {"type": "ban", "address": ip, "until": mine})
         await pipe.execute()
         async for key in self.redis.scan_iter(match=PREFIX + "ban:*", count=500):
-            stored = await self.redis.get(key)
-            if stored is not None and float(stored) > now:
-                self.hooks.impose_ban(key[len(PREFIX + "ban:") :], float(stored))
+            until = await self.redis.get(key)
+            with contextlib.suppress(ValueError, TypeError):
+                if until is not None and float(until) > now:
+                    self.hooks.impose_ban(key[len(PREFIX + "ban:") :], float(until))
         async for key in self.redis.scan_iter(match=PREFIX + "backend:*", count=500):
-            fields = await self.redis.hgetall(key)
-            if fields:
+            hash_: dict[str, str] = await self.redis.hgetall(key)  # type: ignore[assignment]
+            if hash_:
                 name = key[len(PREFIX + "backend:") :]
-                decoded = _decode(fields)  # type: ignore[arg-type]
+                decoded = _decode(hash_)
                 self.hooks.backend_changed(name, decoded, str(decoded.pop("node", "?")))
 
     async def _heartbeat(self) -> None:
@@ -189,7 +222,9 @@ class Cluster:
                 await self._beat()
                 backoff = 0.5
                 await asyncio.sleep(HEARTBEAT)
-            except (RedisError, OSError, TimeoutError) as exc:
+            except Exception as exc:  # Redis gone, or bad data in it: never fatal
+                if not isinstance(exc, RedisError | OSError | TimeoutError):
+                    log.exception("cluster: heartbeat failed")
                 self._lost(exc)
                 for b in self.pool.backends:
                     b.remote = 0  # stale: go on with what this node knows
@@ -204,18 +239,22 @@ class Cluster:
         beat = {"sessions": json.dumps(mine), "time": str(time.time())}
         pipe.hset(self._node_key(), mapping=beat)  # type: ignore[arg-type]
         pipe.expire(self._node_key(), NODE_TTL)
-        if self.worker == 0:
-            pipe.set(f"{PREFIX}owner:{self.node}", self.instance, xx=True, ex=NODE_TTL * 2)
         await pipe.execute()
+        if not await self._hold_name():
+            return  # lost the name (a stall longer than its TTL): out until it is ours
         remote: dict[str, int] = {}
         members: dict[str, dict[str, Any]] = {}
         async for key in self.redis.scan_iter(match=PREFIX + "node:*", count=500):
             node = key[len(PREFIX + "node:") :].rsplit(":", 1)[0]
             heard: dict[str, str] = await self.redis.hgetall(key)  # type: ignore[assignment]
-            counts = json.loads(heard.get("sessions", "{}"))
+            try:
+                counts = {str(k): int(v) for k, v in json.loads(heard["sessions"]).items()}
+                seen = float(heard["time"])
+            except (KeyError, ValueError, TypeError, AttributeError):
+                continue  # not a heartbeat we understand
             member = members.setdefault(node, {"node": node, "sessions": 0, "last_seen": 0.0})
-            member["sessions"] += sum(int(c) for c in counts.values())
-            member["last_seen"] = max(member["last_seen"], float(heard.get("time", 0)))
+            member["sessions"] += sum(counts.values())
+            member["last_seen"] = max(member["last_seen"], seen)
             if node == self.node:
                 continue  # this node's workers: the shared counters have them
             for name, count in counts.items():
@@ -232,10 +271,18 @@ class Cluster:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(CHANNEL)
+                # Subscribed first, then read what is stored: nothing published
+                # in between is missed.
+                while not self.connected or self.refused:
+                    await asyncio.sleep(0.2)
+                await self._catch_up()
+                self.synced.set()
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         self._received(message["data"])
-            except (RedisError, OSError, TimeoutError) as exc:
+            except Exception as exc:  # Redis gone, or bad data in it: never fatal
+                if not isinstance(exc, RedisError | OSError | TimeoutError):
+                    log.exception("cluster: listening failed")
                 self._lost(exc)
             finally:
                 with contextlib.suppress(RedisError, OSError):
@@ -245,29 +292,33 @@ class Cluster:
     def _received(self, data: str) -> None:
         try:
             message = json.loads(data)
-        except ValueError:
-            return
-        if message.get("from") == self.instance or self.refused:
-            return
-        kind = message.get("type")
-        if kind == "ban":
-            self.hooks.impose_ban(str(message["address"]), float(message["until"]))
-        elif kind == "lift":
-            self.hooks.lift_ban(str(message["address"]))
-        elif kind == "backend":
-            node = str(message.get("node", "?"))
-            self.hooks.backend_changed(str(message["name"]), dict(message["fields"]), node)
+            if message.get("from") == self.instance or self.refused:
+                return
+            kind = message.get("type")
+            if kind == "ban":
+                until = float(message["until"])
+                if until > time.time():
+                    self.hooks.impose_ban(str(message["address"]), until)
+            elif kind == "lift":
+                self.hooks.lift_ban(str(message["address"]))
+            elif kind == "backend":
+                node = str(message.get("node", "?"))
+                self.hooks.backend_changed(str(message["name"]), dict(message["fields"]), node)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("cluster: a message not understood was ignored (%s): %.200s", exc, data)
 
     # -- what this node tells the others (in the background: nobody waits)
 
     def _send(self, work: Callable[[], Any]) -> None:
         if not self.connected or self.refused:
-            return  # caught up by the others' reads when we rejoin (bans are stored)
+            return  # bans, lifts and backend changes are told on rejoining
 
         async def run() -> None:
             try:
                 await work()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except Exception as exc:
+                if not isinstance(exc, RedisError | OSError | TimeoutError):
+                    log.exception("cluster: a write failed")
                 self._lost(exc)
 
         task = asyncio.ensure_future(run())
@@ -296,9 +347,11 @@ class Cluster:
 
         async def work() -> None:
             key = PREFIX + "fail:" + ip
-            pipe = self.redis.pipeline(transaction=False)
+            # One transaction: a count never outlives its window (EXPIRE also
+            # restarts the window: stricter than the local count, never looser).
+            pipe = self.redis.pipeline(transaction=True)
             pipe.incr(key)
-            pipe.expire(key, max(1, int(window)), nx=True)
+            pipe.expire(key, max(1, int(window)))
             count, _ = await pipe.execute()
             if int(count) >= limit:
                 until = time.time() + ban
@@ -317,6 +370,9 @@ class Cluster:
         self._send(work)
 
     def lifted(self, ip: str) -> None:
+        if not self.connected:
+            self._offline_lifts.add(ip)
+
         async def work() -> None:
             pipe = self.redis.pipeline(transaction=False)
             pipe.delete(PREFIX + "ban:" + ip, PREFIX + "fail:" + ip)
@@ -327,6 +383,8 @@ class Cluster:
 
     def backend_changed(self, name: str, fields: dict[str, Any]) -> None:
         """An operator changed a backend here: stored, and every node applies it."""
+        if not self.connected:
+            self._offline_backends[name] = fields
 
         async def work() -> None:
             pipe = self.redis.pipeline(transaction=False)
