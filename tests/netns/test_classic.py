@@ -130,23 +130,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
                 conf.write_text(rendered + "\n".join(extra) + "\n")
                 t.spawn(t.backend(i), "b3", [need("vsftpd"), str(conf)])
         for host in BACKENDS:
-            wait_port(t, t.lb, host, 21)
+            t.wait_port(t.lb, host, 21)
         yield t
-
-
-def wait_port(t: Topology, ns: str, host: str, port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    probe = f"import socket; socket.create_connection(({host!r}, {port}), 1).close()"
-    while time.monotonic() < deadline:
-        if (
-            subprocess.run(
-                ["ip", "netns", "exec", ns, sys.executable, "-c", probe], capture_output=True
-            ).returncode
-            == 0
-        ):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{host}:{port} not reachable from {ns}")
 
 
 def render(kind: str, config: str, *flags: str) -> str:
@@ -186,7 +171,7 @@ def variant(request: pytest.FixtureRequest, net: Topology, tmp_path: Path) -> It
             procs.append(
                 net.spawn(net.lb, "ftplb", [sys.executable, "-m", "ftplb", "run", "-c", config])
             )
-        wait_port(net, net.client, PUBLIC, 21)
+        net.wait_port(net.client, PUBLIC, 21)
         time.sleep(1.5)  # HAProxy's first checks (rise 2 x 0.5 s)
         yield kind
     finally:
@@ -292,11 +277,11 @@ def test_kernel_table_survives_sigkill_once(net: Topology, tmp_path: Path) -> No
     config = config_text(tmp_path / "ftplb.toml", "kernel")
     try:
         first = net.spawn(net.lb, "ftplb-k1", [sys.executable, "-m", "ftplb", "run", "-c", config])
-        wait_port(net, net.client, PUBLIC, 21)
+        net.wait_port(net.client, PUBLIC, 21)
         first.stop(signal.SIGKILL)
         assert net.exec(net.lb, "nft", "list", "ruleset").count("table inet ftplb") == 1
         second = net.spawn(net.lb, "ftplb-k2", [sys.executable, "-m", "ftplb", "run", "-c", config])
-        wait_port(net, net.client, PUBLIC, 21)
+        net.wait_port(net.client, PUBLIC, 21)
         assert net.exec(net.lb, "nft", "list", "ruleset").count("table inet ftplb") == 1
         assert download(net, "pasv")["sha256"] == hashlib.sha256(DATA).hexdigest()
         second.stop()

@@ -34,7 +34,7 @@ from tests.netns.topology import (
     namespaces_available,
     topology,
 )
-from tests.servers import NOBODY, _crypt, unpacked
+from tests.servers import NOBODY, _crypt, proftpd_standalone, unpacked
 
 WHY = namespaces_available()
 pytestmark = pytest.mark.skipif(bool(WHY), reason=f"netns topology unavailable: {WHY}")
@@ -124,18 +124,7 @@ class Servers:
         conf.write_text(
             "\n".join(
                 [
-                    "ServerType standalone",
-                    f"DefaultAddress {BACKENDS[i]}",
-                    "Port 21",
-                    "SocketBindTight on",
-                    "UseIPv6 off",
-                    "User nobody",
-                    "Group nogroup",
-                    f"ScoreboardFile {state}/scoreboard",
-                    f"PidFile {state}/pid",
-                    "DelayEngine off",
-                    "WtmpLog off",
-                    "UseReverseDNS off",
+                    *proftpd_standalone("proftpd", BACKENDS[i], 21, state),
                     'ServerIdent on "backend proftpd ready"',
                     f"TransferLog {log}",
                     f"MasqueradeAddress {PUBLIC}",
@@ -193,20 +182,9 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Topology, Se
     with topology(tmp_path_factory.mktemp("transparent")) as t:
         servers = Servers(t, work)
         for host in BACKENDS:
-            wait_port(t, t.lb, host, 21)
+            t.wait_port(t.lb, host, 21)
         yield t, servers
     subprocess.run(["rm", "-rf", str(work)], check=False)
-
-
-def wait_port(t: Topology, ns: str, host: str, port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    probe = f"import socket; socket.create_connection(({host!r}, {port}), 1).close()"
-    while time.monotonic() < deadline:
-        done = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", probe])
-        if done.returncode == 0:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{host}:{port} not reachable from {ns}")
 
 
 def config_text(mode: str) -> str:

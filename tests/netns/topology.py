@@ -14,6 +14,8 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +131,17 @@ class Topology:
 
     def exec(self, ns: str, *argv: str, input: str | None = None) -> str:
         return sh("ip", "netns", "exec", ns, *argv, input=input)
+
+    def wait_port(self, ns: str, host: str, port: int, timeout: float = 15) -> None:
+        """Until host:port accepts a connection made from namespace `ns`."""
+        deadline = time.monotonic() + timeout
+        probe = f"import socket; socket.create_connection(({host!r}, {port}), 1).close()"
+        while time.monotonic() < deadline:
+            run = ["ip", "netns", "exec", ns, sys.executable, "-c", probe]
+            if subprocess.run(run, capture_output=True).returncode == 0:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{host}:{port} not reachable from {ns}")
 
     def spawn(self, ns: str, name: str, argv: list[str]) -> Process:
         log_path = self.workdir / f"{name}.log"

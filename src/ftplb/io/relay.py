@@ -462,18 +462,12 @@ def armed_socket(
     side failed, a handshake broke) must not look like an empty, finished
     transfer to the peer. Non-blocking, bound to `local` if given (with
     `transparent`, a client's address: IP_TRANSPARENT)."""
-    v6 = ":" in address[0]
-    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
+    sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         if transparent:
-            level, option = (
-                (socket.IPPROTO_IPV6, IPV6_TRANSPARENT)
-                if v6
-                else (socket.IPPROTO_IP, IP_TRANSPARENT)
-            )
-            sock.setsockopt(level, option, 1)
+            make_transparent(sock)
         if local is not None:
             sock.bind(local)
     except BaseException:
@@ -484,6 +478,14 @@ def armed_socket(
 
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 IPV6_TRANSPARENT = 75  # linux/in6.h; Python does not name it
+
+
+def make_transparent(sock: socket.socket) -> None:
+    """Let `sock` bind to an address that is not ours (a client's): IP_TRANSPARENT."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
 
 
 def transparent_source(client_ip: str, host: str) -> str | None:

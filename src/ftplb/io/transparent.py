@@ -19,7 +19,7 @@ import socket
 import subprocess
 from collections.abc import Callable
 
-from ftplb.io.relay import IP_TRANSPARENT, IPV6_TRANSPARENT, transparent_source
+from ftplb.io.relay import make_transparent, transparent_source
 from ftplb.render.transparent import (
     TRANSPARENT_TABLE,
     transparent_nft,
@@ -55,10 +55,7 @@ async def connect_from(
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
-        else:
-            sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
+        make_transparent(sock)
         sock.bind((source, 0))
         await loop.sock_connect(sock, address)
     except BaseException:

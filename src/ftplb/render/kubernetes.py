@@ -31,10 +31,6 @@ def _q(value: str) -> str:
     return json.dumps(value)
 
 
-def _wildcard(host: str) -> bool:
-    return host in ("", "0.0.0.0", "::")
-
-
 def _reachable(what: str, at: HostPort | str) -> None:
     """Refuse a listener the Service or the kubelet could not reach in a pod."""
     host = at.host if isinstance(at, HostPort) else at
