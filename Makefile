@@ -10,7 +10,7 @@ FTPD_LIBS := libacl1 libcap2 libcrypt1 libhiredis0.14 libidn2-0 libmemcached11 \
 	libmemcachedutil2 libncursesw6 libpam0g libpcre2-8-0 libpcre2-posix3 libssl3 \
 	libtinfo6 zlib1g libsodium23 libsqlite3-0
 DEB_PACKAGES := curl lftp vsftpd haproxy iproute2 nftables iptables openssl chromium \
-	dnsmasq-base tmux redis-server $(FTPD_LIBS)
+	dnsmasq-base tmux redis-server keepalived $(FTPD_LIBS)
 # kubectl (render kubernetes is checked with `kubectl kustomize`): Debian's
 # kubernetes-client, unless a kubectl from elsewhere is already installed
 # (the two packages would fight over /usr/bin/kubectl).
