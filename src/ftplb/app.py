@@ -49,6 +49,7 @@ RESTART_ONLY = {
     ),
     "tls": ("implicit_listen",),
     "admin": ("listen",),
+    "cluster": ("redis", "node", "advertise"),
 }
 
 
@@ -95,7 +96,13 @@ class Runtime:
             )
             worker = shared.worker if shared is not None else 0
             instance = shared.instance if shared is not None else None
-            self.cluster = Cluster(config, self.pool, hooks, worker, self.balancer.counts, instance)
+            per_ip = None
+            if isinstance(self.balancer, InspectBalancer):
+                sessions_by_ip = self.balancer.per_ip
+                per_ip = lambda: dict(sessions_by_ip)  # noqa: E731
+            self.cluster = Cluster(
+                config, self.pool, hooks, worker, self.balancer.counts, instance, per_ip
+            )
             if isinstance(self.balancer, InspectBalancer):
                 self.balancer.cluster = self.cluster
         self.overflows = OverflowWatch(self.balancer.control_sockets)

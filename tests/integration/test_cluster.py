@@ -6,7 +6,9 @@ node with the same name stays out."""
 from __future__ import annotations
 
 import ftplib
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from ftplb.proto.proxy_protocol import encode_v2
 from tests.cluster import (
     BALANCER_HOST,
     PASSWORD,
@@ -25,6 +28,7 @@ from tests.cluster import (
     Process,
     free_ports,
     listening,
+    sha256,
     wait_for,
 )
 from tests.conftest import need
@@ -65,12 +69,15 @@ def redis(cluster: Cluster) -> Iterator[Redis]:
 
 
 class Node:
-    def __init__(self, name: str, process: Process, port: int, admin: str) -> None:
+    def __init__(
+        self, name: str, process: Process, port: int, admin: str, host: str = BALANCER_HOST
+    ) -> None:
         self.name, self.process, self.port, self.admin = name, process, port, admin
+        self.host = host
 
     def login(self, source: str, password: str = PASSWORD) -> ftplib.FTP:
         ftp = ftplib.FTP(timeout=10, source_address=(source, 0))
-        ftp.connect(BALANCER_HOST, self.port)
+        ftp.connect(self.host, self.port)
         ftp.login(USER, password)
         return ftp
 
@@ -79,24 +86,33 @@ class Node:
 
 
 def node(
-    cluster: Cluster, redis: Redis, name: str, node_name: str | None = None, **extra: Any
+    cluster: Cluster,
+    redis: Redis,
+    name: str,
+    node_name: str | None = None,
+    host: str = BALANCER_HOST,
+    advertise: str | None = None,
+    **extra: Any,
 ) -> Node:
-    port, admin = free_ports(1), free_ports(1)
+    port, admin = free_ports(1, host), free_ports(1)
     sections = {
         "admin": {"listen": f"127.0.0.1:{admin}", "token": TOKEN},
-        "cluster": {"redis": redis.url, "node": node_name or name},
+        "cluster": {
+            "redis": redis.url,
+            "node": node_name or name,
+            **({"advertise": advertise} if advertise else {}),
+        },
         **extra.pop("sections", {}),
     }
     process = cluster.spawn_balancer(
         name,
-        listen=f"{BALANCER_HOST}:{port}",
+        listen=f"{host}:{port}",
         mode="inspect",
         send_proxy="off",
-        workers=1,
+        **{"workers": 1, **extra},
         sections=sections,
-        **extra,
     )
-    n = Node(name, process, port, f"http://127.0.0.1:{admin}")
+    n = Node(name, process, port, f"http://127.0.0.1:{admin}", host)
     wait_for(
         lambda: call(n.admin + "/api/status")["cluster"]["connected"] or node_name, what="join"
     )
@@ -192,6 +208,157 @@ def test_max_sessions_holds_across_nodes(cluster: Cluster, redis: Redis) -> None
             b.login("127.0.0.153")
 
 
+def test_max_per_ip_holds_across_nodes(cluster: Cluster, redis: Redis) -> None:
+    a, b = two_nodes(cluster, redis, max_per_ip=2)
+    with a.login("127.0.0.154"), a.login("127.0.0.154"):
+        wait_for(lambda: sum(x["sessions"]["other_nodes"] for x in b.backends().values()) == 2)
+        with pytest.raises(ftplib.error_temp, match=r"^421 Too many sessions from your address"):
+            b.login("127.0.0.154")
+        b.login("127.0.0.155").quit()  # another address is not held back
+
+
+# Two nodes on their own addresses with the same data ports: a client that logs
+# in on A and makes its data connection to B plays ECMP in front of both.
+HOST_A, HOST_B = "127.0.0.61", "127.0.0.62"
+
+
+def forwarding_nodes(
+    cluster: Cluster, redis: Redis, workers: int = 1, ports: int = 8
+) -> tuple[Node, Node]:
+    cluster.add_backend(proxy_protocol=False)
+    first = free_ports(ports, HOST_A)
+    common = {"workers": workers, "data_ports": f"{first}-{first + ports - 1}"}
+    a = node(
+        cluster, redis, "lb1", host=HOST_A,
+        advertise=f"{HOST_A}:{free_ports(workers, HOST_A)}", public_address="auto", **common,
+    )  # fmt: skip
+    b = node(
+        cluster, redis, "lb2", host=HOST_B,
+        advertise=f"{HOST_B}:{free_ports(workers, HOST_B)}", public_address="auto", **common,
+    )  # fmt: skip
+
+    def peers_known(n: Node) -> bool:
+        members = call(n.admin + "/api/status")["cluster"]["members"]
+        return sorted(m.get("advertise", "") for m in members) == [HOST_A, HOST_B]
+
+    wait_for(lambda: peers_known(a) and peers_known(b), what="the nodes to know each other")
+    return a, b
+
+
+def passive_port(ftp: ftplib.FTP) -> int:
+    ftp.voidcmd("TYPE I")
+    return ftplib.parse227(ftp.sendcmd("PASV"))[1]
+
+
+def download_via(ftp: ftplib.FTP, host: str, source: str, name: str) -> bytes:
+    """RETR with the data connection made to `host` instead of the address PASV named."""
+    port = passive_port(ftp)
+    with socket.create_connection((host, port), timeout=10, source_address=(source, 0)) as conn:
+        assert ftp.sendcmd(f"RETR {name}").startswith("150")
+        chunks = []
+        while chunk := conn.recv(1 << 16):
+            chunks.append(chunk)
+    assert ftp.voidresp().startswith("226")
+    return b"".join(chunks)
+
+
+def upload_via(ftp: ftplib.FTP, host: str, source: str, name: str, data: bytes) -> None:
+    port = passive_port(ftp)
+    with socket.create_connection((host, port), timeout=10, source_address=(source, 0)) as conn:
+        assert ftp.sendcmd(f"STOR {name}").startswith("150")
+        conn.sendall(data)
+    assert ftp.voidresp().startswith("226")
+
+
+def refused_connection(host: str, port: int, source: str) -> bool:
+    """Connected, then closed or reset without a byte."""
+    with socket.create_connection((host, port), timeout=10, source_address=(source, 0)) as conn:
+        try:
+            return conn.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+
+def forwarded(n: Node, direction: str) -> float:
+    key = ("ftplb_cluster_forwarded_data_connections_total", (("direction", direction),))
+    return metrics(n.admin)[key]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_data_connection_that_reaches_another_node_is_forwarded(
+    cluster: Cluster, redis: Redis, workers: int
+) -> None:
+    a, b = forwarding_nodes(cluster, redis, workers)
+    payload = os.urandom(4 << 20)
+    (cluster.backends[0].root / "big.bin").write_bytes(payload)
+    sources = [f"127.0.0.{111 + i}" for i in range(6)]
+    for i, source in enumerate(sources):  # several sessions: with 2 workers, both slices
+        with a.login(source) as ftp:
+            got = download_via(ftp, HOST_B, source, "big.bin")
+            assert sha256(got) == sha256(payload)
+            if i == 0:
+                upload_via(ftp, HOST_B, source, "up.bin", payload[: 1 << 20])
+    up = cluster.backends[0].root / "up.bin"
+    assert sha256(up.read_bytes()) == sha256(payload[: 1 << 20])
+    assert forwarded(b, "out") == len(sources) + 1
+    assert forwarded(a, "in") == len(sources) + 1
+    assert forwarded(a, "out") == forwarded(b, "in") == 0
+    assert "forwarded to the node at 127.0.0.61" in b.process.log()
+
+
+def test_another_address_never_gets_a_forwarded_data_connection(
+    cluster: Cluster, redis: Redis
+) -> None:
+    a, b = forwarding_nodes(cluster, redis)
+    payload = os.urandom(1 << 20)
+    (cluster.backends[0].root / "big.bin").write_bytes(payload)
+    with a.login("127.0.0.121") as ftp:
+        port = passive_port(ftp)
+        # Another address on the port that 127.0.0.121 waits on, through either node.
+        assert refused_connection(HOST_B, port, "127.0.0.122")
+        assert refused_connection(HOST_A, port, "127.0.0.122")
+        # Not a node: the forward port takes nothing, not even a well-formed PROXY
+        # header naming the waiting client.
+        advertise = call(a.admin + "/api/status")["cluster"]["advertise"]
+        forward_port = int(advertise.rsplit(":", 1)[1])
+        with socket.create_connection(
+            (HOST_A, forward_port), timeout=10, source_address=("127.0.0.123", 0)
+        ) as conn:
+            conn.sendall(encode_v2(("127.0.0.121", 40000), (HOST_A, port)))
+            with suppress(ConnectionResetError):
+                assert conn.recv(1) == b""
+        # The client itself still gets its file, through the other node.
+        with socket.create_connection(
+            (HOST_B, port), timeout=10, source_address=("127.0.0.121", 0)
+        ) as conn:
+            assert ftp.sendcmd("RETR big.bin").startswith("150")
+            chunks = []
+            while chunk := conn.recv(1 << 16):
+                chunks.append(chunk)
+        assert ftp.voidresp().startswith("226")
+        assert sha256(b"".join(chunks)) == sha256(payload)
+    assert "data connection from 127.0.0.122" in b.process.log()
+    assert "from 127.0.0.123" in a.process.log() and "not a node of the cluster" in a.process.log()
+    assert forwarded(b, "out") == 1 and forwarded(a, "in") == 1
+
+
+def test_one_address_never_gets_the_same_port_from_two_nodes(
+    cluster: Cluster, redis: Redis
+) -> None:
+    a, b = forwarding_nodes(cluster, redis, ports=3)
+    with ExitStack() as stack:
+        sessions = [stack.enter_context(n.login("127.0.0.125")) for n in (a, b, a)]
+        ports = [passive_port(ftp) for ftp in sessions]
+        assert len(set(ports)) == 3, ports
+        # Every port is announced to this address somewhere: a fourth session gets none.
+        fourth = stack.enter_context(b.login("127.0.0.125"))
+        with pytest.raises(ftplib.error_temp, match=r"^425"):
+            passive_port(fourth)
+        # Another address may share them all.
+        other = stack.enter_context(b.login("127.0.0.126"))
+        assert passive_port(other) in ports
+
+
 def test_a_redis_outage_stops_nothing_and_heals(cluster: Cluster, redis: Redis) -> None:
     a, b = two_nodes(cluster, redis, max_login_failures=2)
 
@@ -238,6 +405,7 @@ def test_the_same_node_name_twice_stays_out(cluster: Cluster, redis: Redis) -> N
         ('redis = "redis://127.0.0.1:6379/x"', "is not a Redis URL"),
         ('redis = "redis://127.0.0.1:6379"\nadvertise = "nope"', "cluster.advertise"),
         ('node = "bad name!"', "cluster.node"),
+        ('redis = "redis://127.0.0.1:6379"\nadvertise = "127.0.0.1:7000"', "only inspect mode"),
     ],
 )
 def test_bad_cluster_settings_exit_2(tmp_path: Path, section: str, reason: str) -> None:

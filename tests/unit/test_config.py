@@ -316,7 +316,39 @@ name = "a"
 address = "127.0.1.1:21"
 """
 
+CLUSTER = '[cluster]\nredis = "redis://127.0.0.1:6379/0"\nadvertise = '
+
 BAD_INSPECT = [
+    (
+        "workers = 1",
+        "workers = 1\n" + CLUSTER + '"0.0.0.0:2100"',
+        "cluster.advertise",
+        "other nodes connect here",
+    ),
+    (
+        "workers = 1",
+        "workers = 1\n" + CLUSTER + '"127.0.0.1:40010"',
+        "cluster.advertise",
+        "port 40010 is inside balancer.data_ports",
+    ),
+    (
+        "workers = 1",
+        "workers = 2\n" + CLUSTER + '"127.0.0.1:2120"',
+        "cluster.advertise",
+        "port 2121 is the control port",
+    ),
+    (
+        "workers = 1",
+        "workers = 2\n" + CLUSTER + '"127.0.0.1:65535"',
+        "cluster.advertise",
+        "worker w listens on port + w, and 65536 is past 65535",
+    ),
+    (
+        "workers = 1",
+        'workers = 1\n[cluster]\nadvertise = "127.0.0.1:2100"',
+        "cluster.advertise",
+        "needs redis",
+    ),
     (
         'data_ports = "40000-40099"',
         'data_ports = "2100-2199"',

@@ -212,6 +212,13 @@ def top_view(client: AdminClient, now: float) -> Any:
         for m in cluster.get("members", []):
             this = " (this)" if m["node"] == cluster["node"] else ""
             nodes.add_row(m["node"] + this, str(m["sessions"]), f"{now - m['last_seen']:.0f}s ago")
+        moved = cluster.get("data_connections")
+        if cluster.get("advertise") and moved:
+            nodes.caption = (
+                f"data connections forwarded to other nodes: {moved['forwarded']},"
+                f" taken from them: {moved['joined']}"
+            )
+            nodes.caption_justify = "left"
         parts.append(nodes)
     return Group(*parts, who, banned, changed)
 

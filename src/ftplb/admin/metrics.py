@@ -75,6 +75,16 @@ class SnapshotCollector(Collector):
             yield GaugeMetricFamily(
                 "ftplb_cluster_nodes", "ftplb nodes seen alive in Redis.", value=cluster["nodes"]
             )
+            moved = counters.get("cluster_data") or {}
+            forwarded = CounterMetricFamily(
+                "ftplb_cluster_forwarded_data_connections",
+                "Data connections that reached a node other than their session's: sent on to"
+                " that node (out), or taken from another node (in). [cluster] advertise.",
+                labels=["direction"],
+            )
+            forwarded.add_metric(["out"], moved.get("forwarded", 0))
+            forwarded.add_metric(["in"], moved.get("joined", 0))
+            yield forwarded
         rejected = CounterMetricFamily(
             "ftplb_sessions_rejected", "Sessions refused, by reason.", labels=["reason"]
         )

@@ -155,10 +155,14 @@ class AdminServer:
 
     async def status(self, request: web.Request) -> web.Response:
         snap = await self.source.snapshot()
+        status = dict(snap["status"])
+        moved = snap["counters"].get("cluster_data")
+        if status.get("cluster") and moved is not None:  # summed over the workers
+            status["cluster"] = {**status["cluster"], "data_connections": moved}
         return web.json_response(
             {
                 "version": __version__,
-                **snap["status"],
+                **status,
                 "token_required": bool(self.source.config.admin.token),
                 "time": time.time(),
                 "data_ports": snap["counters"].get("data_ports"),

@@ -87,7 +87,7 @@ def parse_config(data: dict[str, Any], file: str = "<config>") -> Config:
         Table(file, "public_addresses", top.get("public_addresses", dict, {})), balancer
     )
     discovery = _parse_discovery(Table(file, "discovery", top.get("discovery", dict, {})))
-    cluster = _parse_cluster(Table(file, "cluster", top.get("cluster", dict, {})))
+    cluster = _parse_cluster(Table(file, "cluster", top.get("cluster", dict, {})), balancer)
     top.finish()
     _check_listeners(file, balancer, tls, admin, backends)
     return Config(
@@ -295,7 +295,7 @@ def _parse_public_addresses(t: Table, balancer: BalancerConfig) -> tuple[tuple[s
     return tuple(pairs)
 
 
-def _parse_cluster(t: Table) -> ClusterConfig:
+def _parse_cluster(t: Table, balancer: BalancerConfig) -> ClusterConfig:
     url = t.get("redis", str, "")
     if url:
         parts = urllib.parse.urlsplit(url)
@@ -319,8 +319,31 @@ def _parse_cluster(t: Table) -> ClusterConfig:
     advertise = t.parsed("advertise", parse_host_port, None)
     cfg = ClusterConfig(redis=url, node=node, advertise=advertise)
     t.finish()
-    if (advertise is not None) and not url:
+    if advertise is None:
+        return cfg
+    if not url:
         raise t.error("advertise", "needs redis (the other nodes find it there)")
+    if balancer.mode != "inspect":
+        raise t.error(
+            "advertise",
+            "only inspect mode forwards data connections between nodes (routed mode "
+            "needs none: a data port leads to the same backend on every node)",
+        )
+    if ipaddress.ip_address(advertise.host).is_unspecified:
+        raise t.error(
+            "advertise", f"{advertise}: other nodes connect here; name this node's own address"
+        )
+    last = advertise.port + balancer.worker_count() - 1
+    if last > 65535:
+        raise t.error(
+            "advertise", f"{advertise}: worker w listens on port + w, and {last} is past 65535"
+        )
+    listen = balancer.listen
+    for port in range(advertise.port, last + 1):
+        if _may_collide(advertise.host, balancer.data_host) and port in balancer.data_ports:
+            raise t.error("advertise", f"{advertise}: port {port} is inside balancer.data_ports")
+        if _may_collide(advertise.host, listen.host) and port == listen.port:
+            raise t.error("advertise", f"{advertise}: port {port} is the control port ({listen})")
     return cfg
 
 

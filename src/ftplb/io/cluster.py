@@ -19,6 +19,13 @@ and Redis keeps that state current in the background.
   drops to 0, the node goes on with its own state and reconnects with backoff;
   then it reads the stored state again and writes its own.
 
+- Data ports (inspect mode with `advertise`): a (port, client address) pair
+  announced here is claimed in `ftplb:data:PORT:CLIENT` (no two nodes announce
+  the same pair at once), with where this worker takes forwarded connections;
+  a node that receives a data connection nobody waits for there looks it up
+  and forwards it (io/forward.py). The claim is the one Redis round trip a
+  session may wait on, bounded by CLAIM_TIMEOUT.
+
 Health checks stay per node: each judges what it can reach.
 """
 
@@ -38,6 +45,7 @@ from redis.exceptions import RedisError
 
 from ftplb.balancer.pool import Pool
 from ftplb.config import Config
+from ftplb.io.proxied import Networks
 from ftplb.io.sessions import SessionCounts
 from ftplb.logs import event
 
@@ -50,6 +58,26 @@ NODE_TTL = 5
 """Seconds a node's session counts outlive its last heartbeat."""
 OP_TIMEOUT = 0.5
 """The longest one Redis call may take before it counts as an outage."""
+CLAIM_TIMEOUT = 0.25
+"""The longest a PASV answer waits for its port's claim; then it goes on
+without one (a port is then unique on this node only, as without a cluster)."""
+PER_IP_LIMIT = 10_000
+"""Client addresses a heartbeat carries (max_per_ip): the busiest ones."""
+
+# A claim is ours if nobody holds it, or we do already (renewed); a release
+# deletes only our own claim (it may have expired and been taken since).
+_CLAIM = """
+local held = redis.call('get', KEYS[1])
+if held == false or held == ARGV[1] then
+  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
 
 
 class ClusterHooks:
@@ -78,11 +106,14 @@ class Cluster:
         worker: int = 0,
         counts: SessionCounts | None = None,
         instance: str | None = None,
+        per_ip: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
         self.counts = counts
         """max_sessions across nodes: told the other nodes' session total."""
+        self.per_ip = per_ip
+        """This worker's sessions per client address (inspect mode: max_per_ip)."""
         self.hooks = hooks
         self.node = config.cluster.node
         self.worker = worker
@@ -107,9 +138,14 @@ class Cluster:
         self._offline_backends: dict[str, dict[str, Any]] = {}
         """Operator changes made during an outage: they win when Redis is back."""
         self._offline_lifts: set[str] = set()
+        """Bans lifted during an outage: lifted everywhere when Redis is back."""
         self.synced = asyncio.Event()
         """Set once the stored state (bans, backend settings) has been read."""
-        """Bans lifted during an outage: lifted everywhere when Redis is back."""
+        self.peers = Networks()
+        """The nodes' `advertise` addresses (this one's too): who may forward
+        data connections here (io/forward.py)."""
+        self._claim = self.redis.register_script(_CLAIM)
+        self._release = self.redis.register_script(_RELEASE)
 
     # -- life
 
@@ -200,13 +236,17 @@ class Cluster:
             pipe.set(PREFIX + "ban:" + ip, mine, ex=max(1, int(mine - now) + 1))
             self._publish(pipe, {"type": "ban", "address": ip, "until": mine})
         await pipe.execute()
-        async for key in self.redis.scan_iter(match=PREFIX + "ban:*", count=500):
-            until = await self.redis.get(key)
+        # Read in one round trip per kind (a ban list may be long).
+        bans = [key async for key in self.redis.scan_iter(match=PREFIX + "ban:*", count=500)]
+        for key, until in zip(bans, await self.redis.mget(bans) if bans else [], strict=True):
             with contextlib.suppress(ValueError, TypeError):
                 if until is not None and float(until) > now:
                     self.hooks.impose_ban(key[len(PREFIX + "ban:") :], float(until))
-        async for key in self.redis.scan_iter(match=PREFIX + "backend:*", count=500):
-            hash_: dict[str, str] = await self.redis.hgetall(key)  # type: ignore[assignment]
+        backends = [k async for k in self.redis.scan_iter(match=PREFIX + "backend:*", count=500)]
+        pipe = self.redis.pipeline(transaction=False)
+        for key in backends:
+            pipe.hgetall(key)
+        for key, hash_ in zip(backends, await pipe.execute(), strict=True):
             if hash_:
                 name = key[len(PREFIX + "backend:") :]
                 decoded = _decode(hash_)
@@ -217,7 +257,9 @@ class Cluster:
         while True:
             try:
                 if (not self.connected or self.refused) and not await self._joined():
-                    await asyncio.sleep(NODE_TTL)
+                    # Refused: the other holder's claim must lapse first. Else
+                    # worker 0 has not claimed the name yet: soon.
+                    await asyncio.sleep(NODE_TTL if self.refused else 0.2)
                     continue
                 await self._beat()
                 backoff = 0.5
@@ -230,6 +272,7 @@ class Cluster:
                     b.remote = 0  # stale: go on with what this node knows
                 if self.counts is not None:
                     self.counts.elsewhere = 0
+                    self.counts.elsewhere_per_ip = {}
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -237,32 +280,54 @@ class Cluster:
         mine = {b.name: b.sessions for b in self.pool.backends}
         pipe = self.redis.pipeline(transaction=False)
         beat = {"sessions": json.dumps(mine), "time": str(time.time())}
+        advertise = self.config.cluster.advertise
+        if advertise is not None:
+            beat["advertise"] = advertise.host
+        if self.per_ip is not None:
+            per_ip = self.per_ip()
+            if len(per_ip) > PER_IP_LIMIT:
+                per_ip = dict(sorted(per_ip.items(), key=lambda kv: -kv[1])[:PER_IP_LIMIT])
+            beat["per_ip"] = json.dumps(per_ip)
         pipe.hset(self._node_key(), mapping=beat)  # type: ignore[arg-type]
         pipe.expire(self._node_key(), NODE_TTL)
         await pipe.execute()
         if not await self._hold_name():
             return  # lost the name (a stall longer than its TTL): out until it is ours
         remote: dict[str, int] = {}
+        remote_per_ip: dict[str, int] = {}
         members: dict[str, dict[str, Any]] = {}
-        async for key in self.redis.scan_iter(match=PREFIX + "node:*", count=500):
+        peers: set[str] = set()
+        keys = [key async for key in self.redis.scan_iter(match=PREFIX + "node:*", count=500)]
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        for key, heard in zip(keys, await pipe.execute(), strict=True):
             node = key[len(PREFIX + "node:") :].rsplit(":", 1)[0]
-            heard: dict[str, str] = await self.redis.hgetall(key)  # type: ignore[assignment]
             try:
                 counts = {str(k): int(v) for k, v in json.loads(heard["sessions"]).items()}
                 seen = float(heard["time"])
+                per_ip = {str(k): int(v) for k, v in json.loads(heard.get("per_ip", "{}")).items()}
             except (KeyError, ValueError, TypeError, AttributeError):
                 continue  # not a heartbeat we understand
             member = members.setdefault(node, {"node": node, "sessions": 0, "last_seen": 0.0})
             member["sessions"] += sum(counts.values())
             member["last_seen"] = max(member["last_seen"], seen)
+            if isinstance(heard.get("advertise"), str):
+                member["advertise"] = heard["advertise"]
+                peers.add(heard["advertise"])
             if node == self.node:
                 continue  # this node's workers: the shared counters have them
             for name, count in counts.items():
-                remote[name] = remote.get(name, 0) + int(count)
+                remote[name] = remote.get(name, 0) + count
+            for ip, count in per_ip.items():
+                remote_per_ip[ip] = remote_per_ip.get(ip, 0) + count
         for b in self.pool.backends:
             b.remote = remote.get(b.name, 0)
         if self.counts is not None:
             self.counts.elsewhere = sum(remote.values())
+            self.counts.elsewhere_per_ip = remote_per_ip
+        with contextlib.suppress(ValueError):
+            self.peers.update(sorted(peers))
         self.members = members
         self.nodes = len(members | {self.node: {}})
 
@@ -396,13 +461,64 @@ class Cluster:
 
         self._send(work)
 
+    # -- data ports (inspect mode with `advertise`; io/passive.py, io/forward.py)
+
+    async def claim_data(self, port: int, client: str, target: str, ttl: float) -> bool:
+        """Hold (port, client) cluster-wide for `ttl` s, forwarded connections to
+        go to `target` (host:port). False when another node holds it; True
+        as well when Redis does not answer within CLAIM_TIMEOUT (unique on this
+        node only then, as without a cluster)."""
+        if not self.connected or self.refused:
+            return True
+        value = f"{self.instance} {target}"
+        try:
+            held = await asyncio.wait_for(
+                self._claim(keys=[_data_key(port, client)], args=[value, int(ttl * 1000)]),
+                CLAIM_TIMEOUT,
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._lost(exc)
+            return True
+        return bool(held)
+
+    def release_data(self, port: int, client: str, target: str) -> None:
+        value = f"{self.instance} {target}"
+
+        async def work() -> None:
+            await self._release(keys=[_data_key(port, client)], args=[value])
+
+        self._send(work)
+
+    async def data_owner(self, port: int, client: str) -> tuple[str, int] | None:
+        """Where the node holding (port, client) takes it: (host, port), or None
+        (nobody holds it, or Redis does not answer)."""
+        if not self.connected or self.refused:
+            return None
+        try:
+            held = await asyncio.wait_for(self.redis.get(_data_key(port, client)), OP_TIMEOUT)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._lost(exc)
+            return None
+        try:
+            _, target = str(held).split(" ", 1)
+            host, _, at = target.rpartition(":")
+            return host.strip("[]"), int(at)
+        except ValueError:
+            return None  # None, or not a claim we understand
+
     def status(self) -> dict[str, Any]:
+        advertise = self.config.cluster.advertise
         return {
             "node": self.node,
+            "advertise": str(advertise) if advertise is not None else None,
             "connected": self.connected and not self.refused,
             "nodes": self.nodes if self.connected else 1,
             "members": sorted(self.members.values(), key=lambda m: m["node"]),
         }
+
+
+def _data_key(port: int, client: str) -> str:
+    return f"{PREFIX}data:{port}:{client}"
 
 
 def _decode(fields: dict[str, str]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from ftplb.balancer.pool import Backend, Pool
 from ftplb.config import Config
 from ftplb.io.cluster import Cluster
 from ftplb.io.control import ControlSession
+from ftplb.io.forward import DataForwarding
 from ftplb.io.passive import PassiveListeners
 from ftplb.io.proxied import Networks, front
 from ftplb.io.relay import Addresses, control_listener
@@ -51,6 +52,8 @@ class InspectBalancer:
         self.ids = SessionIds(self.shared.worker)
         self.cluster: Cluster | None = None
         """[cluster]: bans and failed logins are shared with other nodes."""
+        self.forwarding: DataForwarding | None = None
+        """[cluster] advertise: data connections that reach the wrong node."""
         self.per_ip: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.logins: Counter[str] = Counter()
@@ -67,6 +70,13 @@ class InspectBalancer:
 
     async def start(self) -> None:
         config = self.config
+        if self.cluster is not None and config.cluster.advertise is not None:
+            # Before the control listener: the first PASV already holds its port cluster-wide.
+            forwarding = DataForwarding(
+                config, self.cluster, self.listeners, self.shared.worker, self.splice
+            )
+            await forwarding.start()
+            self.forwarding = forwarding
         backlog = config.balancer.listen_backlog()
         self.servers.append(
             await listen(
@@ -165,6 +175,8 @@ class InspectBalancer:
     def close_sessions(self) -> None:
         for session in list(self.sessions):
             session.close("balancer stopping")
+        if self.forwarding is not None:
+            self.forwarding.close()
         self.listeners.close()  # (their sessions gave them back: none should be left)
 
     def stats(self) -> dict[str, Any]:
@@ -177,6 +189,11 @@ class InspectBalancer:
             "logins": dict(self.logins),
             "transfers": dict(self.transfers),
             "banned": len(self.shared.logins.bans(self.loop.time())),
+            # [cluster] advertise: data connections sent to / taken from other nodes.
+            "cluster_data": {
+                "forwarded": self.forwarding.forwarded if self.forwarding else 0,
+                "joined": self.forwarding.joined if self.forwarding else 0,
+            },
             # This worker's slice of data_ports: the status page's port usage.
             "data_ports": {
                 "total": len(self.ports.ports),
@@ -231,13 +248,17 @@ class InspectBalancer:
         if self.counts.full(b.max_sessions):
             self.rejected["max_sessions"] += 1
             return "Too many sessions, try again later"
-        if b.max_per_ip and self.shared.per_ip.total(ip) >= b.max_per_ip:
+        if b.max_per_ip and self._sessions_of(ip) >= b.max_per_ip:
             self.rejected["max_per_ip"] += 1
             return "Too many sessions from your address."
         self.counts.opened()
         self.per_ip[ip] += 1
         self.shared.per_ip.add(ip, 1)
         return ""
+
+    def _sessions_of(self, ip: str) -> int:
+        """Every worker's sessions from `ip`, and in a cluster the other nodes'."""
+        return self.shared.per_ip.total(ip) + self.counts.elsewhere_per_ip.get(ip, 0)
 
     def choose(
         self, session: ControlSession, user: str | None, exclude: set[str]

@@ -4,6 +4,11 @@ One listener per data port in use (per local address), open while at least
 one session waits on it. A connection is handed to the session that waits
 on that port for that client address (balancer/dataports.py); anyone else
 is refused and logged, as a PASV hijack would be.
+
+In a cluster with `advertise` (io/forward.py) every port of the slice stays
+open, each (port, client address) announced is claimed cluster-wide first,
+and a connection nobody waits for here is offered to the cluster, which
+forwards it to the node that announced it.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Protocol, cast
 
 from ftplb.balancer.dataports import DataPorts, client_key
 from ftplb.io.proxied import Networks, front
-from ftplb.io.relay import Addresses, peer_address
+from ftplb.io.relay import Addresses, local_address, peer_address
 
 log = logging.getLogger("ftplb.data")
 
@@ -33,12 +38,30 @@ class Waiter(Protocol):
         (`proxied`: the addresses of the PROXY header it began with)."""
 
 
+class ClusterPorts(Protocol):
+    """[cluster] advertise: the cluster's view of the data ports (io/forward.py)."""
+
+    host: str
+    """Where every port of the slice listens (for good: another node's client may come)."""
+
+    async def claim(self, port: int, client: str) -> bool:
+        """Hold (port, client) cluster-wide; False when another node does."""
+
+    def release(self, port: int, client: str) -> None: ...
+
+    def forward(
+        self, transport: asyncio.Transport, port: int, client: tuple[str, int], local: str
+    ) -> bool:
+        """Take a connection nobody waits for here; False: nobody will."""
+
+
 class PassiveListeners:
     """The listeners of one process's share of `data_ports`."""
 
     def __init__(self, ports: DataPorts, networks: Networks) -> None:
         self.ports = ports
         self.networks = networks
+        self.cluster: ClusterPorts | None = None
         self.loop = asyncio.get_running_loop()
         self._servers: dict[tuple[str, int], asyncio.Server] = {}
         self._opening: dict[tuple[str, int], asyncio.Future[None]] = {}
@@ -50,6 +73,9 @@ class PassiveListeners:
     async def announce(self, host: str, client_ip: str, waiter: Waiter) -> int:
         """A port on `host` where `waiter` now waits for `client_ip`. Raises OSError."""
         key = client_key(client_ip)
+        cluster = self.cluster
+        if cluster is not None:
+            host = cluster.host
         unusable: set[int] = set()
         last_error: OSError | None = None
         for _ in range(DataPorts.BIND_ATTEMPTS):
@@ -60,6 +86,8 @@ class PassiveListeners:
             self._users[(host, port)] += 1
             try:
                 await self._open(host, port)
+                if cluster is not None and not await cluster.claim(port, key):
+                    raise OSError(f"port {port} is announced to {client_ip} by another node")
             except OSError as exc:
                 self.withdraw(port, key, waiter)
                 unusable.add(port)
@@ -69,6 +97,23 @@ class PassiveListeners:
                 raise OSError("withdrawn while the port was opening")
             return port
         raise last_error or OSError(f"every data port is in use for {client_ip}")
+
+    async def open_all(self, host: str) -> None:
+        """Listen on every port of the slice for good (a cluster's data ports:
+        another node's client may come to any). A port that cannot be bound
+        now is logged and tried again when it is announced."""
+        failed: list[str] = []
+        for port in self.ports.ports:
+            self._users[(host, port)] += 1  # held by the cluster: never closed
+            try:
+                await self._open(host, port)
+            except OSError as exc:
+                failed.append(f"{port} ({exc.strerror or exc})")
+        if failed:
+            log.warning(
+                "data ports not open on %s: %s%s",
+                host, ", ".join(failed[:10]), " ..." if len(failed) > 10 else "",
+            )  # fmt: skip
 
     async def _open(self, host: str, port: int) -> None:
         at = (host, port)
@@ -110,6 +155,8 @@ class PassiveListeners:
         host = entry[0]
         del self._waiting[(port, key)]
         self.ports.release(port, key)
+        if self.cluster is not None:
+            self.cluster.release(port, key)
         at = (host, port)
         self._users[at] -= 1
         if self._users[at] <= 0:
@@ -119,22 +166,37 @@ class PassiveListeners:
                 server.close()
 
     def arrived(
-        self, host: str, port: int, transport: asyncio.Transport, proxied: Addresses | None
-    ) -> None:
+        self,
+        host: str,
+        port: int,
+        transport: asyncio.Transport,
+        proxied: Addresses | None,
+        forwarded: bool = False,
+    ) -> bool:
+        """A connection to `port` on `host` (`forwarded`: by another node of
+        the cluster, which has read it from a shared port of its own). True
+        when a session (or the cluster) took it."""
         peer = proxied[0] if proxied is not None else peer_address(transport)
         entry = self._waiting.get((port, client_key(peer[0])))
-        if entry is None or entry[0] != host:
-            self.refused += 1
-            log.warning(
-                "data connection from %s:%d to port %d refused: no session of that "
-                "client waits on it",
-                peer[0],
-                peer[1],
-                port,
-            )
-            transport.abort()
-            return
+        if entry is None and not forwarded and self.cluster is not None:
+            local = proxied[1][0] if proxied is not None else local_address(transport)[0]
+            if self.cluster.forward(transport, port, peer, local):
+                return True  # it refuses the connection itself if no node waits for it
+        if entry is None or (entry[0] != host and not forwarded):
+            self.refuse(transport, port, peer)
+            return False
         entry[1].data_arrived(transport, proxied)
+        return True
+
+    def refuse(self, transport: asyncio.Transport, port: int, peer: tuple[str, int]) -> None:
+        self.refused += 1
+        log.warning(
+            "data connection from %s:%d to port %d refused: no session of that client waits on it",
+            peer[0],
+            peer[1],
+            port,
+        )
+        transport.abort()
 
     @property
     def open_ports(self) -> int:

@@ -72,6 +72,8 @@ class SessionCounts:
         self.shared = shared
         self.current = 0
         self.total = 0
+        self.elsewhere_per_ip: dict[str, int] = {}
+        """[cluster]: the other nodes' sessions per client address (max_per_ip)."""
 
     def full(self, max_sessions: int) -> bool:
         """Every worker's sessions, and in a cluster the other nodes' (`elsewhere`,

@@ -215,7 +215,10 @@ async function refresh() {
       const members = (cluster.members || []).map((m) =>
         `${m.node}${m.node === cluster.node ? " (this node)" : ""}: ${m.sessions} sessions, seen ${age(now / 1000 - m.last_seen)} ago`);
       $("cluster").textContent = `Cluster: Redis ${cluster.connected ? "connected" : "UNREACHABLE (this node goes on alone)"}, ` +
-        `${cluster.nodes} nodes` + (members.length ? " — " + members.join("; ") : "");
+        `${cluster.nodes} nodes` + (members.length ? " — " + members.join("; ") : "") +
+        (cluster.advertise && cluster.data_connections ?
+          `. Data connections forwarded to other nodes: ${cluster.data_connections.forwarded}, ` +
+          `taken from them: ${cluster.data_connections.joined}` : "");
     }
     if (errorBox.textContent.startsWith("cannot reach")) errorBox.textContent = "";
   } catch (e) {
