@@ -51,8 +51,12 @@ from tests.cluster import (  # noqa: E402
 from bench.transfer import machine, start_haproxy, start_mod_proxy, write_block  # noqa: E402
 
 
-async def one_session(host: str, port: int, source: str | None = None, file: str = "") -> int:
-    """One session; returns the bytes of its transfer (LIST, or RETR `file`)."""
+async def one_session(
+    host: str, port: int, source: str | None = None, file: str = "", data_host: str = ""
+) -> int:
+    """One session; returns the bytes of its transfer (LIST, or RETR `file`).
+    `data_host`: where the data connection goes (default `host`; another node
+    of a cluster plays ECMP sending it to the wrong one)."""
     local = (source, 0) if source else None
     reader, writer = await asyncio.open_connection(host, port, local_addr=local)
     got = 0
@@ -80,7 +84,9 @@ async def one_session(host: str, port: int, source: str | None = None, file: str
         if b"|" not in line:
             raise ConnectionError(f"EPSV: {line!r}")
         data_port = int(line.split(b"|")[3])
-        data_reader, data_writer = await asyncio.open_connection(host, data_port, local_addr=local)
+        data_reader, data_writer = await asyncio.open_connection(
+            data_host or host, data_port, local_addr=local
+        )
         writer.write(f"RETR {file}\r\n".encode() if file else b"LIST\r\n")
         await reply()  # 150
         while chunk := await data_reader.read(262144):
@@ -99,16 +105,21 @@ FAILED: dict[str, int] = {}
 """Sessions that ended in an error, by reason (counted, not fatal: the table says so)."""
 
 
-async def rate(host: str, port: int, clients: int, seconds: float) -> float:
-    """Completed sessions per second."""
+Target = tuple[str, int, str]
+"""(control host, control port, data host) a client uses."""
+
+
+async def rate(targets: list[Target], clients: int, seconds: float) -> float:
+    """Completed sessions per second; client i uses targets[i % len(targets)]."""
     done = 0
     deadline = time.monotonic() + seconds
 
-    async def client(source: str) -> None:
+    async def client(source: str, target: Target) -> None:
         nonlocal done
+        host, port, data_host = target
         while time.monotonic() < deadline:
             try:
-                await one_session(host, port, source)
+                await one_session(host, port, source, data_host=data_host)
             except (OSError, ValueError, IndexError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"[:80]
                 FAILED[reason] = FAILED.get(reason, 0) + 1
@@ -119,7 +130,9 @@ async def rate(host: str, port: int, clients: int, seconds: float) -> float:
     started = time.monotonic()
     # Each client from its own address, as real ones are (inspect mode shares
     # its data ports between addresses, not within one).
-    await asyncio.gather(*(client(f"127.0.0.{100 + i}") for i in range(clients)))
+    await asyncio.gather(
+        *(client(f"127.0.0.{100 + i}", targets[i % len(targets)]) for i in range(clients))
+    )
     return done / (time.monotonic() - started)
 
 
@@ -142,6 +155,9 @@ MOD_PROXY = "ProFTPD mod_proxy (inspect peer)"
 INSPECT = "ftplb inspect, 1,000 data ports"
 INSPECT_20 = "ftplb inspect, 20 shared data ports"
 INSPECT_CLUSTER = "ftplb inspect, 20 shared data ports, [cluster] with Redis"
+INSPECT_ADVERTISE = "the same, with advertise (each data port claimed in Redis)"
+TWO_NODES = "two ftplb nodes ([cluster] + advertise), clients split between them"
+TWO_NODES_CROSS = "the same two, every data connection sent to the other node (forwarded)"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -266,40 +282,85 @@ def main() -> int:
             data_ports=f"{first}-{first + 19}",
             sections={"cluster": {"redis": f"redis://127.0.2.7:{redis_port}/0", "node": "bench"}},
         )
-        targets = {
-            "direct (one backend)": (c.backends[0].host, c.backends[0].port),
-            "ftplb routed, 1 process": (BALANCER_HOST, c.balancer_port),
-            "ftplb routed, 2 workers": ("127.0.0.3", port2),
-            "HAProxy (rendered)": ("127.0.0.2", haproxy_port),
-            INSPECT: ("127.0.0.5", inspect_port),
-            INSPECT_20: ("127.0.0.6", shared_port),
-            INSPECT_CLUSTER: ("127.0.0.7", cluster_port),
+        advertise_port = free_ports(1, "127.0.0.10")
+        first = free_ports(20, "127.0.0.10")
+        lb6 = c.spawn_balancer(
+            "ftplb-inspect-advertise",
+            send_proxy="off",
+            mode="inspect",
+            listen=f"127.0.0.10:{advertise_port}",
+            public_address="127.0.0.10",
+            data_ports=f"{first}-{first + 19}",
+            sections={
+                "cluster": {
+                    "redis": f"redis://127.0.2.7:{redis_port}/0",
+                    "node": "bench-advertise",
+                    "advertise": f"127.0.0.10:{free_ports(1, '127.0.0.10')}",
+                }
+            },
+        )
+        # Two nodes sharing that Redis, each on its own address, the same data
+        # ports, forwarding data connections that reach the wrong one.
+        first = free_ports(20, "127.0.0.8")
+        nodes = []
+        for n, host in enumerate(("127.0.0.8", "127.0.0.9")):
+            port = free_ports(1, host)
+            cluster = {
+                "redis": f"redis://127.0.2.7:{redis_port}/0",
+                "node": f"bench-node-{n}",
+                "advertise": f"{host}:{free_ports(1, host)}",
+            }
+            proc = c.spawn_balancer(
+                f"ftplb-node-{n}",
+                send_proxy="off",
+                mode="inspect",
+                listen=f"{host}:{port}",
+                public_address=host,
+                data_ports=f"{first}-{first + 19}",
+                sections={"cluster": cluster},
+            )
+            nodes.append((host, port, proc.popen.pid))
+        (host_a, port_a, pid_a), (host_b, port_b, pid_b) = nodes
+        targets: dict[str, list[Target]] = {
+            "direct (one backend)": [(c.backends[0].host, c.backends[0].port, "")],
+            "ftplb routed, 1 process": [(BALANCER_HOST, c.balancer_port, "")],
+            "ftplb routed, 2 workers": [("127.0.0.3", port2, "")],
+            "HAProxy (rendered)": [("127.0.0.2", haproxy_port, "")],
+            INSPECT: [("127.0.0.5", inspect_port, "")],
+            INSPECT_20: [("127.0.0.6", shared_port, "")],
+            INSPECT_CLUSTER: [("127.0.0.7", cluster_port, "")],
+            INSPECT_ADVERTISE: [("127.0.0.10", advertise_port, "")],
+            TWO_NODES: [(host_a, port_a, ""), (host_b, port_b, "")],
+            TWO_NODES_CROSS: [(host_a, port_a, host_b), (host_b, port_b, host_a)],
         }
         assert c.balancer is not None
         haproxy_pid = next(p for p in c.processes if p.name.startswith("haproxy")).popen.pid
         pids = {
-            "ftplb routed, 1 process": c.balancer.popen.pid,
-            "ftplb routed, 2 workers": lb2.popen.pid,
-            "HAProxy (rendered)": haproxy_pid,
-            INSPECT: lb3.popen.pid,
-            INSPECT_20: lb4.popen.pid,
-            INSPECT_CLUSTER: lb5.popen.pid,
+            "ftplb routed, 1 process": [c.balancer.popen.pid],
+            "ftplb routed, 2 workers": [lb2.popen.pid],
+            "HAProxy (rendered)": [haproxy_pid],
+            INSPECT: [lb3.popen.pid],
+            INSPECT_20: [lb4.popen.pid],
+            INSPECT_CLUSTER: [lb5.popen.pid],
+            INSPECT_ADVERTISE: [lb6.popen.pid],
+            TWO_NODES: [pid_a, pid_b],
+            TWO_NODES_CROSS: [pid_a, pid_b],
         }
         mod_proxy = start_mod_proxy(c, *c.backends, passive=300)
         if mod_proxy is not None:
             host, rest = mod_proxy.split("@", 1)[1].split(":", 1)
-            targets[MOD_PROXY] = (host, int(rest.split("/")[0]))
-            pids[MOD_PROXY] = next(p for p in c.processes if p.name == "mod-proxy").popen.pid
+            targets[MOD_PROXY] = [(host, int(rest.split("/")[0]), "")]
+            pids[MOD_PROXY] = [next(p for p in c.processes if p.name == "mod-proxy").popen.pid]
         rates: dict[tuple[str, int], list[float]] = {}
         errors: dict[tuple[str, int], int] = {}
         cpu: dict[tuple[str, int], list[float]] = {}
         for _ in range(args.rounds):
             for clients in (1, 16, 64):
-                for name, (host, port) in targets.items():
-                    before = cpu_seconds(pids[name]) if name in pids else 0.0
+                for name, entries in targets.items():
+                    before = sum(cpu_seconds(pid) for pid in pids.get(name, []))
                     started = time.monotonic()
                     failed_before = sum(FAILED.values())
-                    value = uvloop.run(rate(host, port, clients, args.seconds))
+                    value = uvloop.run(rate(entries, clients, args.seconds))
                     if sum(FAILED.values()) > failed_before:
                         errors[(name, clients)] = errors.get((name, clients), 0) + (
                             sum(FAILED.values()) - failed_before
@@ -307,13 +368,13 @@ def main() -> int:
                     sessions = value * (time.monotonic() - started)
                     rates.setdefault((name, clients), []).append(value)
                     if name in pids:
-                        used = cpu_seconds(pids[name]) - before
+                        used = sum(cpu_seconds(pid) for pid in pids[name]) - before
                         cpu.setdefault((name, clients), []).append(1000 * used / sessions)
         throughput: dict[tuple[str, int], list[float]] = {}
         for _ in range(args.rounds):
             for clients in (16, 64):
                 for name in (INSPECT, INSPECT_20):
-                    host, port = targets[name]
+                    host, port, _ = targets[name][0]
                     value = uvloop.run(concurrent(host, port, clients))
                     throughput.setdefault((name, clients), []).append(value)
         idle_rows = idle_rss(c, Path(tmp), idle)

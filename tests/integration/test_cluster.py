@@ -28,11 +28,13 @@ from tests.cluster import (
     Process,
     free_ports,
     listening,
+    make_cert,
     sha256,
     wait_for,
 )
 from tests.conftest import need
 from tests.integration.test_admin import TOKEN, call, metrics
+from tests.integration.test_routed_ftps import tls_context
 
 REDIS_HOST = "127.0.2.6"
 
@@ -223,11 +225,11 @@ HOST_A, HOST_B = "127.0.0.61", "127.0.0.62"
 
 
 def forwarding_nodes(
-    cluster: Cluster, redis: Redis, workers: int = 1, ports: int = 8
+    cluster: Cluster, redis: Redis, workers: int = 1, ports: int = 8, **extra: Any
 ) -> tuple[Node, Node]:
     cluster.add_backend(proxy_protocol=False)
     first = free_ports(ports, HOST_A)
-    common = {"workers": workers, "data_ports": f"{first}-{first + ports - 1}"}
+    common = {"workers": workers, "data_ports": f"{first}-{first + ports - 1}", **extra}
     a = node(
         cluster, redis, "lb1", host=HOST_A,
         advertise=f"{HOST_A}:{free_ports(workers, HOST_A)}", public_address="auto", **common,
@@ -254,7 +256,7 @@ def download_via(ftp: ftplib.FTP, host: str, source: str, name: str) -> bytes:
     """RETR with the data connection made to `host` instead of the address PASV named."""
     port = passive_port(ftp)
     with socket.create_connection((host, port), timeout=10, source_address=(source, 0)) as conn:
-        assert ftp.sendcmd(f"RETR {name}").startswith("150")
+        assert ftp.sendcmd(f"RETR {name}")[:3] in ("125", "150")
         chunks = []
         while chunk := conn.recv(1 << 16):
             chunks.append(chunk)
@@ -265,7 +267,7 @@ def download_via(ftp: ftplib.FTP, host: str, source: str, name: str) -> bytes:
 def upload_via(ftp: ftplib.FTP, host: str, source: str, name: str, data: bytes) -> None:
     port = passive_port(ftp)
     with socket.create_connection((host, port), timeout=10, source_address=(source, 0)) as conn:
-        assert ftp.sendcmd(f"STOR {name}").startswith("150")
+        assert ftp.sendcmd(f"STOR {name}")[:3] in ("125", "150")
         conn.sendall(data)
     assert ftp.voidresp().startswith("226")
 
@@ -331,7 +333,7 @@ def test_another_address_never_gets_a_forwarded_data_connection(
         with socket.create_connection(
             (HOST_B, port), timeout=10, source_address=("127.0.0.121", 0)
         ) as conn:
-            assert ftp.sendcmd("RETR big.bin").startswith("150")
+            assert ftp.sendcmd("RETR big.bin")[:3] in ("125", "150")
             chunks = []
             while chunk := conn.recv(1 << 16):
                 chunks.append(chunk)
@@ -339,6 +341,35 @@ def test_another_address_never_gets_a_forwarded_data_connection(
         assert sha256(b"".join(chunks)) == sha256(payload)
     assert "data connection from 127.0.0.122" in b.process.log()
     assert "from 127.0.0.123" in a.process.log() and "not a node of the cluster" in a.process.log()
+    assert forwarded(b, "out") == 1 and forwarded(a, "in") == 1
+
+
+def test_a_forwarded_tls_data_connection_resumes_the_control_session(
+    cluster: Cluster, redis: Redis
+) -> None:
+    cert, key = make_cert(cluster.workdir)
+    tls = {"cert": str(cert), "key": str(key)}
+    a, b = forwarding_nodes(cluster, redis, sections={"tls": tls})
+    payload = os.urandom(1 << 20)
+    (cluster.backends[0].root / "big.bin").write_bytes(payload)
+    source = "127.0.0.127"
+    with ftplib.FTP_TLS(context=tls_context(), timeout=10, source_address=(source, 0)) as ftp:
+        ftp.connect(HOST_A, a.port)
+        ftp.login(USER, PASSWORD)
+        ftp.prot_p()
+        port = passive_port(ftp)
+        with socket.create_connection((HOST_B, port), 10, (source, 0)) as raw:
+            assert ftp.sendcmd("RETR big.bin")[:3] in ("125", "150")
+            # Node A, behind B, checks that the control session is resumed.
+            assert ftp.sock is not None
+            session = ftp.sock.session  # type: ignore[attr-defined]
+            conn = ftp.context.wrap_socket(raw, server_hostname=HOST_A, session=session)
+            chunks = []
+            while chunk := conn.recv(1 << 16):
+                chunks.append(chunk)
+            assert conn.session_reused
+        assert ftp.voidresp().startswith("226")
+    assert sha256(b"".join(chunks)) == sha256(payload)
     assert forwarded(b, "out") == 1 and forwarded(a, "in") == 1
 
 

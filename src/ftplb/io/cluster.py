@@ -146,6 +146,8 @@ class Cluster:
         data connections here (io/forward.py)."""
         self._claim = self.redis.register_script(_CLAIM)
         self._release = self.redis.register_script(_RELEASE)
+        self._releases: list[tuple[str, str]] = []
+        """Data-port claims to let go, sent together (release_data)."""
 
     # -- life
 
@@ -482,12 +484,21 @@ class Cluster:
         return bool(held)
 
     def release_data(self, port: int, client: str, target: str) -> None:
-        value = f"{self.instance} {target}"
+        """(port, client) connected or given up: let go, with the others let go
+        in the same loop turn (one round trip for all; until then, and if this
+        never reaches Redis, the claim's expiry lets go)."""
+        if not self.connected or self.refused:
+            return
+        self._releases.append((_data_key(port, client), f"{self.instance} {target}"))
+        if len(self._releases) == 1:
+            asyncio.get_running_loop().call_soon(self._send, self._release_all)
 
-        async def work() -> None:
-            await self._release(keys=[_data_key(port, client)], args=[value])
-
-        self._send(work)
+    async def _release_all(self) -> None:
+        releases, self._releases = self._releases, []
+        pipe = self.redis.pipeline(transaction=False)
+        for key, value in releases:
+            await self._release(keys=[key], args=[value], client=pipe)
+        await pipe.execute()
 
     async def data_owner(self, port: int, client: str) -> tuple[str, int] | None:
         """Where the node holding (port, client) takes it: (host, port), or None

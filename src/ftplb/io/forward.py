@@ -125,21 +125,29 @@ class DataForwarding:
     ) -> bool:
         if not self.cluster.connected:
             return False  # nobody can say who waits for it: refused at once
-        transport.pause_reading()
-        self._tasks.spawn(self._forward(transport, port, client, local))
-        return True
-
-    async def _forward(
-        self, transport: asyncio.Transport, port: int, client: tuple[str, int], local: str
-    ) -> None:
-        owner = await self.cluster.data_owner(port, client_key(client[0]))
-        if owner is None or owner == (self.at.host, self.at.port) or transport.is_closing():
-            self.listeners.refuse(transport, port, client)
-            return
-        relay = Relay(self.relays.discard)
+        # The relay's side takes the connection now: what the client sends
+        # while we look for its node (it may have its 150 already) is kept.
+        relay = Relay(self._ended)
         self.relays.add(relay)
         transport.set_protocol(relay.client)
         relay.client.connection_made(transport)  # (paused until the join)
+        self._tasks.spawn(self._forward(relay, transport, port, client, local))
+        return True
+
+    async def _forward(
+        self,
+        relay: Relay,
+        transport: asyncio.Transport,
+        port: int,
+        client: tuple[str, int],
+        local: str,
+    ) -> None:
+        owner = await self.cluster.data_owner(port, client_key(client[0]))
+        if relay.stopped:
+            return  # the client left meanwhile
+        if owner is None or owner == (self.at.host, self.at.port):
+            self.listeners.refuse(transport, port, client)
+            return
         try:
             sock = armed_socket(owner, (self.source, 0))
         except OSError as exc:
@@ -161,6 +169,13 @@ class DataForwarding:
         log.info(
             "data connection from %s:%d to port %d forwarded to the node at %s:%d",
             *client, port, *owner,
+        )  # fmt: skip
+
+    def _ended(self, relay: Relay) -> None:
+        self.relays.discard(relay)
+        log.debug(
+            "forwarded data connection ended (%s): %d bytes up, %d down",
+            relay.end_reason, relay.bytes_up, relay.bytes_down,
         )  # fmt: skip
 
     def _failed(self, relay: Relay, owner: tuple[str, int], exc: BaseException) -> None:
