@@ -110,7 +110,8 @@ def plan(config: Config) -> list[str]:
         *(
             [
                 f"cluster: node {config.cluster.node}, shared state in {config.cluster.redis}"
-                " (bans, failed logins, operator changes, leastconn's counts)"
+                " (bans, failed logins, operator changes, session counts)"
+                + _forwarding_plan(config)
             ]
             if config.cluster.redis
             else []
@@ -176,6 +177,18 @@ def plan(config: Config) -> list[str]:
         token = "token required for changes" if config.admin.token else "no token: changes open"
         lines.append(f"admin: http://{config.admin.listen}/ ({token})")
     return lines
+
+
+def _forwarding_plan(config: Config) -> str:
+    advertise = config.cluster.advertise
+    if advertise is None:
+        return ""
+    last = advertise.port + config.balancer.worker_count() - 1
+    ports = f"port {advertise.port}" if last == advertise.port else f"ports {advertise.port}-{last}"
+    return (
+        f"; every data port open on {config.balancer.data_host}, data connections for other"
+        f" nodes' sessions forwarded to them, theirs taken on {advertise.host} {ports}"
+    )
 
 
 def _workers_plan(config: Config) -> str:

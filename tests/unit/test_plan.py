@@ -210,3 +210,20 @@ def test_inspect_backend_tls_without_verification() -> None:
         "certificates NOT verified (backend_verify = false)",
         "admin: http://127.0.0.1:9021/ (no token: changes open)",
     ]
+
+
+def test_cluster_with_advertise_names_the_forward_ports() -> None:
+    cluster = {"redis": "redis://127.0.0.1:6379/0", "node": "lb1", "advertise": "10.0.0.5:2100"}
+    lines = cli.plan(inspect(cluster=cluster))
+    assert (
+        "cluster: node lb1, shared state in redis://127.0.0.1:6379/0 (bans, failed logins,"
+        " operator changes, session counts); every data port open on 127.0.0.1, data"
+        " connections for other nodes' sessions forwarded to them, theirs taken on 10.0.0.5"
+        " ports 2100-2102"
+    ) in lines
+    del cluster["advertise"]
+    plain = [line for line in cli.plan(inspect(cluster=cluster)) if line.startswith("cluster:")]
+    assert plain == [
+        "cluster: node lb1, shared state in redis://127.0.0.1:6379/0 (bans, failed logins,"
+        " operator changes, session counts)"
+    ]
