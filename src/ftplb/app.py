@@ -99,7 +99,8 @@ class Runtime:
             per_ip = None
             if isinstance(self.balancer, InspectBalancer):
                 sessions_by_ip = self.balancer.per_ip
-                per_ip = lambda: dict(sessions_by_ip)  # noqa: E731
+                # Only while max_per_ip is set: the heartbeat stays small otherwise.
+                per_ip = lambda: dict(sessions_by_ip) if self.config.balancer.max_per_ip else {}  # noqa: E731
             self.cluster = Cluster(
                 config, self.pool, hooks, worker, self.balancer.counts, instance, per_ip
             )
@@ -324,10 +325,10 @@ class Runtime:
             timeout,
         )
         deadline = loop.time() + timeout
-        while self.balancer.control_sessions and loop.time() < deadline:
+        while self.balancer.in_flight and loop.time() < deadline:
             await asyncio.sleep(0.1)
-        if self.balancer.control_sessions:
-            log.warning("closing %d sessions still open", self.balancer.control_sessions)
+        if self.balancer.in_flight:
+            log.warning("closing %d sessions and connections still open", self.balancer.in_flight)
         self.balancer.close_sessions()
         self.overflows.stop()
         if self.discovery is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as redis_client
 
 from ftplb.proto.proxy_protocol import encode_v2
 from tests.cluster import (
@@ -63,6 +64,13 @@ class Redis:
     def stop(self) -> None:
         assert self.process is not None
         self.process.stop()
+
+    def keys(self, pattern: str) -> list[bytes]:
+        client = redis_client.Redis(host=REDIS_HOST, port=self.port)
+        try:
+            return list(client.keys(pattern))
+        finally:
+            client.close()
 
 
 @pytest.fixture
@@ -319,16 +327,18 @@ def test_another_address_never_gets_a_forwarded_data_connection(
         # Another address on the port that 127.0.0.121 waits on, through either node.
         assert refused_connection(HOST_B, port, "127.0.0.122")
         assert refused_connection(HOST_A, port, "127.0.0.122")
-        # Not a node: the forward port takes nothing, not even a well-formed PROXY
-        # header naming the waiting client.
+        # The forward port takes nothing from an address that is not a node, nor
+        # from a node's address (another program on its host) without the
+        # cluster's signature, however well-formed its PROXY header.
         advertise = call(a.admin + "/api/status")["cluster"]["advertise"]
         forward_port = int(advertise.rsplit(":", 1)[1])
-        with socket.create_connection(
-            (HOST_A, forward_port), timeout=10, source_address=("127.0.0.123", 0)
-        ) as conn:
-            conn.sendall(encode_v2(("127.0.0.121", 40000), (HOST_A, port)))
-            with suppress(ConnectionResetError):
-                assert conn.recv(1) == b""
+        for source in ("127.0.0.123", HOST_B):
+            with socket.create_connection(
+                (HOST_A, forward_port), timeout=10, source_address=(source, 0)
+            ) as conn:
+                conn.sendall(encode_v2(("127.0.0.121", 40000), (HOST_A, port)))
+                with suppress(ConnectionResetError):
+                    assert conn.recv(1) == b""
         # The client itself still gets its file, through the other node.
         with socket.create_connection(
             (HOST_B, port), timeout=10, source_address=("127.0.0.121", 0)
@@ -341,6 +351,7 @@ def test_another_address_never_gets_a_forwarded_data_connection(
         assert sha256(b"".join(chunks)) == sha256(payload)
     assert "data connection from 127.0.0.122" in b.process.log()
     assert "from 127.0.0.123" in a.process.log() and "not a node of the cluster" in a.process.log()
+    assert f"connection from {HOST_B}:" in a.process.log() and "no signature" in a.process.log()
     assert forwarded(b, "out") == 1 and forwarded(a, "in") == 1
 
 
@@ -388,6 +399,9 @@ def test_one_address_never_gets_the_same_port_from_two_nodes(
         # Another address may share them all.
         other = stack.enter_context(b.login("127.0.0.126"))
         assert passive_port(other) in ports
+        assert len(redis.keys("ftplb:data:*")) == 4
+    # Sessions gone, their claims are let go (not left to expire).
+    wait_for(lambda: redis.keys("ftplb:data:*") == [], timeout=5, what="claims let go")
 
 
 def test_a_redis_outage_stops_nothing_and_heals(cluster: Cluster, redis: Redis) -> None:

@@ -350,6 +350,12 @@ BAD_INSPECT = [
         "needs redis",
     ),
     (
+        "workers = 1",
+        'workers = 1\n[admin]\nlisten = "127.0.0.1:2100"\n' + CLUSTER + '"127.0.0.1:2100"',
+        "cluster.advertise",
+        "port 2100 is admin.listen (127.0.0.1:2100)",
+    ),
+    (
         'data_ports = "40000-40099"',
         'data_ports = "2100-2199"',
         "balancer.data_ports",

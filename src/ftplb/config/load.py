@@ -87,7 +87,9 @@ def parse_config(data: dict[str, Any], file: str = "<config>") -> Config:
         Table(file, "public_addresses", top.get("public_addresses", dict, {})), balancer
     )
     discovery = _parse_discovery(Table(file, "discovery", top.get("discovery", dict, {})))
-    cluster = _parse_cluster(Table(file, "cluster", top.get("cluster", dict, {})), balancer)
+    cluster = _parse_cluster(
+        Table(file, "cluster", top.get("cluster", dict, {})), balancer, tls, admin
+    )
     top.finish()
     _check_listeners(file, balancer, tls, admin, backends)
     return Config(
@@ -295,7 +297,9 @@ def _parse_public_addresses(t: Table, balancer: BalancerConfig) -> tuple[tuple[s
     return tuple(pairs)
 
 
-def _parse_cluster(t: Table, balancer: BalancerConfig) -> ClusterConfig:
+def _parse_cluster(
+    t: Table, balancer: BalancerConfig, tls: TlsConfig, admin: AdminConfig
+) -> ClusterConfig:
     url = t.get("redis", str, "")
     if url:
         parts = urllib.parse.urlsplit(url)
@@ -338,12 +342,21 @@ def _parse_cluster(t: Table, balancer: BalancerConfig) -> ClusterConfig:
         raise t.error(
             "advertise", f"{advertise}: worker w listens on port + w, and {last} is past 65535"
         )
-    listen = balancer.listen
+    others = [
+        (name, at)
+        for name, at in (
+            ("the control port", balancer.listen),
+            ("tls.implicit_listen", tls.implicit_listen),
+            ("admin.listen", admin.listen),
+        )
+        if at is not None and _may_collide(advertise.host, at.host)
+    ]
     for port in range(advertise.port, last + 1):
         if _may_collide(advertise.host, balancer.data_host) and port in balancer.data_ports:
             raise t.error("advertise", f"{advertise}: port {port} is inside balancer.data_ports")
-        if _may_collide(advertise.host, listen.host) and port == listen.port:
-            raise t.error("advertise", f"{advertise}: port {port} is the control port ({listen})")
+        for name, at in others:
+            if port == at.port:
+                raise t.error("advertise", f"{advertise}: port {port} is {name} ({at})")
     return cfg
 
 

@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -64,11 +66,12 @@ without one (a port is then unique on this node only, as without a cluster)."""
 PER_IP_LIMIT = 10_000
 """Client addresses a heartbeat carries (max_per_ip): the busiest ones."""
 
-# A claim is ours if nobody holds it, or we do already (renewed); a release
-# deletes only our own claim (it may have expired and been taken since).
+# A claim is ours if nobody holds it, or this balancer does (a stale claim of
+# its own: the pair is free here, DataPorts says so); a release deletes only
+# the claim it made (a newer one may have taken its place).
 _CLAIM = """
 local held = redis.call('get', KEYS[1])
-if held == false or held == ARGV[1] then
+if held == false or string.sub(held, 1, string.len(ARGV[3])) == ARGV[3] then
   redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
@@ -148,6 +151,10 @@ class Cluster:
         self._release = self.redis.register_script(_RELEASE)
         self._releases: list[tuple[str, str]] = []
         """Data-port claims to let go, sent together (release_data)."""
+        self._release_due = False
+        self.secret: bytes | None = None
+        """The cluster's shared secret (`ftplb:secret`, made by the first node):
+        forwarded data connections are signed with it (io/forward.py)."""
 
     # -- life
 
@@ -189,10 +196,19 @@ class Cluster:
         """(Re)join: the node's name must be ours (this balancer's, all workers)."""
         if not await self._hold_name():
             return False
-        if not self.connected:
+        # Kept across a Redis restart: the first node back stores its own again.
+        mine = self.secret.hex() if self.secret is not None else secrets.token_hex(32)
+        await self.redis.set(PREFIX + "secret", mine, nx=True)
+        self.secret = bytes.fromhex(str(await self.redis.get(PREFIX + "secret")))
+        rejoined = not self.connected
+        if rejoined:
             event(log, logging.INFO, "cluster", "cluster: connected to Redis as node %s", self.node)
         self.connected = True
         self._down_since = 0.0
+        if rejoined and self.synced.is_set():
+            # Back after an outage the subscription did not notice: tell what
+            # happened meanwhile, read what the others did.
+            await self._catch_up()
         return True
 
     async def _hold_name(self) -> bool:
@@ -314,9 +330,10 @@ class Cluster:
             member = members.setdefault(node, {"node": node, "sessions": 0, "last_seen": 0.0})
             member["sessions"] += sum(counts.values())
             member["last_seen"] = max(member["last_seen"], seen)
-            if isinstance(heard.get("advertise"), str):
-                member["advertise"] = heard["advertise"]
-                peers.add(heard["advertise"])
+            advertise = heard.get("advertise")
+            if isinstance(advertise, str) and _is_ip(advertise):
+                member["advertise"] = advertise
+                peers.add(advertise)
             if node == self.node:
                 continue  # this node's workers: the shared counters have them
             for name, count in counts.items():
@@ -328,8 +345,7 @@ class Cluster:
         if self.counts is not None:
             self.counts.elsewhere = sum(remote.values())
             self.counts.elsewhere_per_ip = remote_per_ip
-        with contextlib.suppress(ValueError):
-            self.peers.update(sorted(peers))
+        self.peers.update(sorted(peers))
         self.members = members
         self.nodes = len(members | {self.node: {}})
 
@@ -465,36 +481,48 @@ class Cluster:
 
     # -- data ports (inspect mode with `advertise`; io/passive.py, io/forward.py)
 
-    async def claim_data(self, port: int, client: str, target: str, ttl: float) -> bool:
-        """Hold (port, client) cluster-wide for `ttl` s, forwarded connections to
-        go to `target` (host:port). False when another node holds it; True
-        as well when Redis does not answer within CLAIM_TIMEOUT (unique on this
-        node only then, as without a cluster)."""
+    def claim_value(self, target: str) -> str:
+        """What a claim holds: this balancer, where forwarded connections go
+        (host:port), and a nonce (a late release never takes a newer claim)."""
+        return f"{self.instance} {target} {secrets.token_hex(4)}"
+
+    async def claim_data(self, port: int, client: str, value: str, ttl: float) -> bool:
+        """Hold (port, client) cluster-wide for `ttl` s. False when another node
+        holds it; True as well when Redis does not answer within CLAIM_TIMEOUT
+        (unique on this node only then, as without a cluster; the heartbeat,
+        not this, decides whether Redis is gone)."""
         if not self.connected or self.refused:
             return True
-        value = f"{self.instance} {target}"
         try:
             held = await asyncio.wait_for(
-                self._claim(keys=[_data_key(port, client)], args=[value, int(ttl * 1000)]),
+                self._claim(
+                    keys=[_data_key(port, client)],
+                    args=[value, int(ttl * 1000), self.instance + " "],
+                ),
                 CLAIM_TIMEOUT,
             )
         except (RedisError, OSError, TimeoutError) as exc:
-            self._lost(exc)
+            log.debug("cluster: data port %d not claimed for %s: %r", port, client, exc)
             return True
         return bool(held)
 
-    def release_data(self, port: int, client: str, target: str) -> None:
+    def release_data(self, port: int, client: str, value: str) -> None:
         """(port, client) connected or given up: let go, with the others let go
         in the same loop turn (one round trip for all; until then, and if this
         never reaches Redis, the claim's expiry lets go)."""
-        if not self.connected or self.refused:
-            return
-        self._releases.append((_data_key(port, client), f"{self.instance} {target}"))
-        if len(self._releases) == 1:
-            asyncio.get_running_loop().call_soon(self._send, self._release_all)
+        self._releases.append((_data_key(port, client), value))
+        if not self._release_due:
+            self._release_due = True
+            asyncio.get_running_loop().call_soon(self._flush_releases)
 
-    async def _release_all(self) -> None:
+    def _flush_releases(self) -> None:
+        self._release_due = False
         releases, self._releases = self._releases, []
+        if releases and self.connected and not self.refused:
+            self._send(lambda: self._release_all(releases))
+        # (else their claims expire: `data_timeout` + 5 s)
+
+    async def _release_all(self, releases: list[tuple[str, str]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for key, value in releases:
             await self._release(keys=[key], args=[value], client=pipe)
@@ -508,10 +536,10 @@ class Cluster:
         try:
             held = await asyncio.wait_for(self.redis.get(_data_key(port, client)), OP_TIMEOUT)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._lost(exc)
+            log.debug("cluster: owner of data port %d for %s not read: %r", port, client, exc)
             return None
         try:
-            _, target = str(held).split(" ", 1)
+            _, target, _ = str(held).split(" ", 2)
             host, _, at = target.rpartition(":")
             return host.strip("[]"), int(at)
         except ValueError:
@@ -526,6 +554,14 @@ class Cluster:
             "nodes": self.nodes if self.connected else 1,
             "members": sorted(self.members.values(), key=lambda m: m["node"]),
         }
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _data_key(port: int, client: str) -> str:

@@ -23,7 +23,11 @@ every node.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import time
+from collections.abc import Callable
 from typing import cast
 
 from ftplb.balancer.dataports import client_key
@@ -31,11 +35,63 @@ from ftplb.config import Config, HostPort
 from ftplb.io.cluster import Cluster
 from ftplb.io.passive import BACKLOG, PassiveListeners
 from ftplb.io.proxied import front
-from ftplb.io.relay import Addresses, Relay, armed_socket, disarm, peer_address
+from ftplb.io.relay import (
+    Addresses,
+    Relay,
+    armed_socket,
+    disarm,
+    enable_keepalive,
+    peer_address,
+)
 from ftplb.io.sessions import Tasks
-from ftplb.proto.proxy_protocol import encode_v2
+from ftplb.proto.proxy_protocol import ProxyHeader, encode_v2, parse_header
 
 log = logging.getLogger("ftplb.data")
+
+SIGNATURE_TLV = 0xE0
+"""PROXY v2 TLV (the spec's first custom type) on a forwarded connection: when
+it was sent (ms, 8 bytes) and an HMAC-SHA256 over that and the header's
+addresses, keyed with the cluster's secret. The forward port trusts only
+headers that carry one: an address check alone would let any program on a
+node's host claim to be a node."""
+SIGNATURE_AGE = 30.0
+"""Seconds a signature stays good (clocks of the nodes may differ a little)."""
+MAX_LOOKUPS = 256
+"""Owner lookups in flight; connections beyond are refused (a flood of
+connections to the data ports must not become a flood of Redis reads)."""
+
+
+def _mac(secret: bytes, sent: int, source: tuple[str, int], dest: tuple[str, int]) -> bytes:
+    text = f"{sent} {source[0]} {source[1]} {dest[0]} {dest[1]}".encode()
+    return hmac.new(secret, text, hashlib.sha256).digest()
+
+
+def signed_header(
+    secret: bytes, client: tuple[str, int], dest: tuple[str, int], now: float
+) -> bytes:
+    """The PROXY v2 header a forwarded connection begins with."""
+    # Signed as the receiver will read the addresses (v4 in v6 and the like).
+    parsed = parse_header(encode_v2(client, dest))
+    assert parsed is not None and parsed[0].source and parsed[0].destination
+    sent = int(now * 1000)
+    mac = _mac(secret, sent, parsed[0].source, parsed[0].destination)
+    return encode_v2(client, dest, ((SIGNATURE_TLV, sent.to_bytes(8, "big") + mac),))
+
+
+def signature_refusal(secret: bytes | None, header: ProxyHeader, now: float) -> str:
+    """'' when `header` was signed with `secret` lately, else why it is refused."""
+    if secret is None:
+        return "the cluster's secret is not known yet (Redis unreachable)"
+    if header.source is None or header.destination is None:
+        return "a forwarded connection without addresses"
+    for kind, value in header.tlvs:
+        if kind == SIGNATURE_TLV and len(value) == 40:
+            sent = int.from_bytes(value[:8], "big")
+            if abs(now - sent / 1000) > SIGNATURE_AGE:
+                return "a stale signature"
+            mac = _mac(secret, sent, header.source, header.destination)
+            return "" if hmac.compare_digest(mac, value[8:]) else "a wrong signature"
+    return "no signature"
 
 
 class DataForwarding:
@@ -44,36 +100,40 @@ class DataForwarding:
 
     def __init__(
         self,
-        config: Config,
+        config: Callable[[], Config],
         cluster: Cluster,
         listeners: PassiveListeners,
         worker: int,
         splice: bool,
     ) -> None:
-        advertise = config.cluster.advertise
+        self.config = config
+        """The config in force (reloads change data_timeout, connect_timeout)."""
+        advertise = config().cluster.advertise
         assert advertise is not None
-        b = config.balancer
         self.cluster = cluster
         self.listeners = listeners
-        self.host = b.data_host
+        self.host = config().balancer.data_host
         self.source = advertise.host
         """Forwarded connections leave from here: the address the others accept."""
         self.at = HostPort(advertise.host, advertise.port + worker)
-        self.ttl = b.data_timeout + 5.0
-        self.connect_timeout = b.connect_timeout
         self.splice = splice
+        self.stopping = False
+        """The balancer stops: forwarded connections in flight finish, no new ones."""
         self.forwarded = 0
         """Connections that reached this node for another's session, sent on."""
         self.joined = 0
         """Connections another node forwarded here, joined to their session."""
         self.server: asyncio.Server | None = None
         self.relays: set[Relay] = set()
+        """Forwarded connections this node relays (a stopping node lets them end)."""
         self.loop = asyncio.get_running_loop()
         self._tasks = Tasks(self.loop)
+        self._claims: dict[tuple[int, str], str] = {}
+        self._lookups = 0
 
     async def start(self) -> None:
         self.server = await self.loop.create_server(
-            front(self._from_peer, self.cluster.peers),
+            front(self._from_peer, self.cluster.peers, self._check),
             self.at.host,
             self.at.port,
             reuse_address=True,
@@ -97,10 +157,22 @@ class DataForwarding:
     # -- as the node that announced the port
 
     async def claim(self, port: int, client: str) -> bool:
-        return await self.cluster.claim_data(port, client, str(self.at), self.ttl)
+        value = self._claims[(port, client)] = self.cluster.claim_value(str(self.at))
+        ttl = self.config().balancer.data_timeout + 5.0
+        held = await self.cluster.claim_data(port, client, value, ttl)
+        if self._claims.get((port, client)) != value:
+            self.cluster.release_data(port, client, value)  # given up while claiming
+        elif not held:
+            del self._claims[(port, client)]
+        return held
 
     def release(self, port: int, client: str) -> None:
-        self.cluster.release_data(port, client, str(self.at))
+        value = self._claims.pop((port, client), None)
+        if value is not None:
+            self.cluster.release_data(port, client, value)
+
+    def _check(self, header: ProxyHeader) -> str:
+        return signature_refusal(self.cluster.secret, header, time.time())
 
     def _from_peer(self, proxied: Addresses | None) -> asyncio.Protocol:
         return _Forwarded(self, proxied)
@@ -123,8 +195,9 @@ class DataForwarding:
     def forward(
         self, transport: asyncio.Transport, port: int, client: tuple[str, int], local: str
     ) -> bool:
-        if not self.cluster.connected:
-            return False  # nobody can say who waits for it: refused at once
+        if not self.cluster.connected or self.stopping or self._lookups >= MAX_LOOKUPS:
+            return False  # refused at once (nobody can say who waits, or we are leaving)
+        self._lookups += 1
         # The relay's side takes the connection now: what the client sends
         # while we look for its node (it may have its 150 already) is kept.
         relay = Relay(self._ended)
@@ -142,10 +215,14 @@ class DataForwarding:
         client: tuple[str, int],
         local: str,
     ) -> None:
-        owner = await self.cluster.data_owner(port, client_key(client[0]))
+        try:
+            owner = await self.cluster.data_owner(port, client_key(client[0]))
+        finally:
+            self._lookups -= 1
+        secret = self.cluster.secret
         if relay.stopped:
             return  # the client left meanwhile
-        if owner is None or owner == (self.at.host, self.at.port):
+        if owner is None or owner == (self.at.host, self.at.port) or secret is None:
             self.listeners.refuse(transport, port, client)
             return
         try:
@@ -154,17 +231,24 @@ class DataForwarding:
             self._failed(relay, owner, exc)
             return
         try:
-            await asyncio.wait_for(self.loop.sock_connect(sock, owner), self.connect_timeout)
+            timeout = self.config().balancer.connect_timeout
+            await asyncio.wait_for(self.loop.sock_connect(sock, owner), timeout)
             await self.loop.create_connection(lambda: relay.backend, sock=sock)
         except (OSError, TimeoutError) as exc:
             sock.close()  # armed: a reset
             self._failed(relay, owner, exc)
             return
+        except BaseException:  # cancelled: the balancer stops
+            sock.close()
+            raise
         disarm(sock)
-        if relay.stopped:
-            return  # the client left meanwhile (the relay closed the rest)
+        if relay.stopped or relay.client.closed:
+            return  # the client left meanwhile (the relay closes the rest)
+        for side in (relay.client, relay.backend):
+            if side.transport is not None:
+                enable_keepalive(side.transport)  # a node gone silent is found
         # PROT P too: the bytes are TLS records for the node that holds the session.
-        relay.start(encode_v2(client, (local, port)), splice=self.splice)
+        relay.start(signed_header(secret, client, (local, port), time.time()), self.splice)
         self.forwarded += 1
         log.info(
             "data connection from %s:%d to port %d forwarded to the node at %s:%d",

@@ -73,7 +73,7 @@ class InspectBalancer:
         if self.cluster is not None and config.cluster.advertise is not None:
             # Before the control listener: the first PASV already holds its port cluster-wide.
             forwarding = DataForwarding(
-                config, self.cluster, self.listeners, self.shared.worker, self.splice
+                lambda: self.config, self.cluster, self.listeners, self.shared.worker, self.splice
             )
             await forwarding.start()
             self.forwarding = forwarding
@@ -168,6 +168,15 @@ class InspectBalancer:
         for server in self.servers:
             server.close()
         self.servers.clear()
+        if self.forwarding is not None:
+            self.forwarding.stopping = True
+
+    @property
+    def in_flight(self) -> int:
+        """What a stop waits for: control sessions, and the data connections
+        this node relays for other nodes' sessions."""
+        forwarded = len(self.forwarding.relays) if self.forwarding is not None else 0
+        return self.counts.current + forwarded
 
     async def close(self) -> None:
         self.stop_accepting()
@@ -177,7 +186,7 @@ class InspectBalancer:
             session.close("balancer stopping")
         if self.forwarding is not None:
             self.forwarding.close()
-        self.listeners.close()  # (their sessions gave them back: none should be left)
+        self.listeners.close()
 
     def stats(self) -> dict[str, Any]:
         """Counters for the admin API (admin/source.py)."""

@@ -21,7 +21,13 @@ from typing import cast
 
 from ftplb.errors import ProtocolError
 from ftplb.io.relay import Addresses, peer_address
-from ftplb.proto.proxy_protocol import V1_MAX_LENGTH, V2_FIXED, V2_MAX_PAYLOAD, parse_header
+from ftplb.proto.proxy_protocol import (
+    V1_MAX_LENGTH,
+    V2_FIXED,
+    V2_MAX_PAYLOAD,
+    ProxyHeader,
+    parse_header,
+)
 
 log = logging.getLogger("ftplb.session")
 
@@ -63,12 +69,19 @@ class Networks:
         return any(addr in net for net in self.networks)
 
 
-def front(make: Make, networks: Networks) -> Callable[[], asyncio.BaseProtocol]:
+Check = Callable[[ProxyHeader], str]
+"""More that a header must prove (the cluster's forward port: its signature):
+'' if it does, else why not."""
+
+
+def front(
+    make: Make, networks: Networks, check: Check | None = None
+) -> Callable[[], asyncio.BaseProtocol]:
     """A listener's protocol factory: `make(None)` itself while there are no
     accept_proxy networks, else a door per connection."""
 
     def factory() -> asyncio.BaseProtocol:
-        return ProxyDoor(make, networks) if networks.networks else make(None)
+        return ProxyDoor(make, networks, check) if networks.networks else make(None)
 
     return factory
 
@@ -76,11 +89,12 @@ def front(make: Make, networks: Networks) -> Callable[[], asyncio.BaseProtocol]:
 class ProxyDoor(asyncio.Protocol):
     """A new connection until its PROXY header (if it owes one) has been read."""
 
-    __slots__ = ("buffer", "make", "networks", "peer", "timer", "transport")
+    __slots__ = ("buffer", "check", "make", "networks", "peer", "timer", "transport")
 
-    def __init__(self, make: Make, networks: Networks) -> None:
+    def __init__(self, make: Make, networks: Networks, check: Check | None = None) -> None:
         self.make = make
         self.networks = networks
+        self.check = check
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.timer: asyncio.TimerHandle | None = None
@@ -109,6 +123,10 @@ class ProxyDoor(asyncio.Protocol):
         header, length = parsed
         if header.family in ("UDP", "UNIX"):
             self._refuse(f"PROXY header for a {header.family} connection: not an FTP client")
+            return
+        refusal = self.check(header) if self.check is not None else ""
+        if refusal:
+            self._refuse(refusal)
             return
         addresses = (
             (header.source, header.destination)

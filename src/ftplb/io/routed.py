@@ -279,6 +279,11 @@ class RoutedBalancer:
     def control_sessions(self) -> int:
         return self.counts.current
 
+    @property
+    def in_flight(self) -> int:
+        """What a stop waits for (data sessions end with their control sessions)."""
+        return self.control_sessions
+
     def stats(self) -> dict[str, Any]:
         """Counters for the admin API (admin/source.py)."""
         return {

@@ -41,6 +41,8 @@ class ProxyHeader:
     family: str = ""
     """v2 without addresses: "LOCAL", "UNSPEC", "UDP" or "UNIX" (a receiver that
     serves TCP clients only may refuse the last two); else ""."""
+    tlvs: tuple[tuple[int, bytes], ...] = ()
+    """v2: the (type, value) pairs after the addresses, in order."""
 
 
 def encode_v1(source: tuple[str, int] | None, destination: tuple[str, int] | None) -> bytes:
@@ -56,8 +58,13 @@ def encode_v1(source: tuple[str, int] | None, destination: tuple[str, int] | Non
     return line.encode("ascii")
 
 
-def encode_v2(source: tuple[str, int] | None, destination: tuple[str, int] | None) -> bytes:
-    """A v2 PROXY header, or a v2 LOCAL header without addresses."""
+def encode_v2(
+    source: tuple[str, int] | None,
+    destination: tuple[str, int] | None,
+    tlvs: tuple[tuple[int, bytes], ...] = (),
+) -> bytes:
+    """A v2 PROXY header (with `tlvs`, (type, value) pairs), or a v2 LOCAL
+    header without addresses."""
     if source is None or destination is None:
         return V2_SIGNATURE + struct.pack("!BBH", _V2_CMD_LOCAL, _V2_AF_UNSPEC, 0)
     src = ipaddress.ip_address(source[0])
@@ -66,6 +73,7 @@ def encode_v2(source: tuple[str, int] | None, destination: tuple[str, int] | Non
         src, dst = _same_family(src, dst)
     family = _V2_TCP4 if src.version == 4 else _V2_TCP6
     body = src.packed + dst.packed + struct.pack("!HH", source[1], destination[1])
+    body += b"".join(struct.pack("!BH", kind, len(value)) + value for kind, value in tlvs)
     return V2_SIGNATURE + struct.pack("!BBH", _V2_CMD_PROXY, family, len(body)) + body
 
 
@@ -184,16 +192,32 @@ def _parse_v2(buf: bytes) -> tuple[ProxyHeader, int] | None:
         src = str(ipaddress.IPv4Address(body[0:4]))
         dst = str(ipaddress.IPv4Address(body[4:8]))
         sport, dport = struct.unpack_from("!HH", body, 8)
+        rest = body[12:]
     elif family == _V2_TCP6:
         if length < 36:
             raise ProtocolError("PROXY v2 TCP6 header too short")
         src = str(ipaddress.IPv6Address(body[0:16]))
         dst = str(ipaddress.IPv6Address(body[16:32]))
         sport, dport = struct.unpack_from("!HH", body, 32)
+        rest = body[36:]
     elif family >> 4 in (0, 1, 2, 3) and family & 0xF in (0, 1, 2):
         # UNSPEC, UDP or UNIX: the spec says accept and use the real peer.
         kind = "UNIX" if family >> 4 == 3 else "UDP" if family & 0xF == 2 else "UNSPEC"
         return ProxyHeader(2, family=kind), total
     else:
         raise ProtocolError(f"PROXY v2 header with unknown family 0x{family:02x}")
-    return ProxyHeader(2, (src, sport), (dst, dport)), total
+    return ProxyHeader(2, (src, sport), (dst, dport), tlvs=_tlvs(rest)), total
+
+
+def _tlvs(rest: bytes) -> tuple[tuple[int, bytes], ...]:
+    """The TLVs after the addresses; a malformed one ends the list (the spec
+    lets a receiver ignore what it does not understand)."""
+    out: list[tuple[int, bytes]] = []
+    at = 0
+    while at + 3 <= len(rest):
+        kind, length = struct.unpack_from("!BH", rest, at)
+        if at + 3 + length > len(rest):
+            break
+        out.append((kind, rest[at + 3 : at + 3 + length]))
+        at += 3 + length
+    return tuple(out)

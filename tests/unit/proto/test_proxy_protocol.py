@@ -103,13 +103,22 @@ def test_malformed_raises(raw: bytes) -> None:
         parse_header(raw)
 
 
-def test_v2_tlvs_are_skipped() -> None:
+def test_v2_tlvs_are_read_in_order() -> None:
     raw = encode_v2(("192.0.2.1", 1), ("192.0.2.2", 2))
     tlv = b"\x04\x00\x03abc"  # PP2_TYPE_NOOP
     body_len = int.from_bytes(raw[14:16], "big") + len(tlv)
     raw = raw[:14] + body_len.to_bytes(2, "big") + raw[16:] + tlv
     header, length = parse_header(raw + b"rest")  # type: ignore[misc]
     assert length == len(raw) and header.source == ("192.0.2.1", 1)
+    assert header.tlvs == ((4, b"abc"),)
+    ours = encode_v2(("2001:db8::1", 1), ("2001:db8::2", 2), ((0xE0, b"x" * 40), (1, b"")))
+    assert parse_header(ours) == (
+        ProxyHeader(2, ("2001:db8::1", 1), ("2001:db8::2", 2), tlvs=((0xE0, b"x" * 40), (1, b""))),
+        len(ours),
+    )
+    # A TLV longer than what is left ends the list; the header still counts.
+    cut = raw[:14] + (body_len + 5).to_bytes(2, "big") + raw[16:] + tlv + b"\x05\x00\x09ab"
+    assert parse_header(cut)[0].tlvs == ((4, b"abc"),)  # type: ignore[index]
 
 
 def test_v2_unspec_and_unix_use_the_socket_peer() -> None:
