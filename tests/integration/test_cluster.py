@@ -384,6 +384,33 @@ def test_a_forwarded_tls_data_connection_resumes_the_control_session(
     assert forwarded(b, "out") == 1 and forwarded(a, "in") == 1
 
 
+def test_a_stopping_node_lets_the_transfers_it_forwards_finish(
+    cluster: Cluster, redis: Redis
+) -> None:
+    a, b = forwarding_nodes(cluster, redis)
+    payload = os.urandom(32 << 20)
+    (cluster.backends[0].root / "big.bin").write_bytes(payload)
+    source = "127.0.0.128"
+    with a.login(source) as ftp, ftplib.FTP(timeout=10, source_address=(source, 0)) as late:
+        late.connect(HOST_A, a.port)
+        late.login(USER, PASSWORD)
+        late_port = passive_port(late)
+        port = passive_port(ftp)
+        with socket.create_connection((HOST_B, port), 10, (source, 0)) as conn:
+            assert ftp.sendcmd("RETR big.bin")[:3] in ("125", "150")
+            got = bytearray(conn.recv(1 << 16))
+            b.process.popen.send_signal(signal.SIGTERM)  # mid-transfer
+            wait_for(lambda: "stopping: no new sessions" in b.process.log(), what="B stopping")
+            # Nothing new goes through B from now on...
+            assert refused_connection(HOST_B, late_port, source)
+            # ...but what it carries ends whole.
+            while chunk := conn.recv(1 << 16):
+                got += chunk
+        assert ftp.voidresp().startswith("226")
+    assert sha256(bytes(got)) == sha256(payload)
+    assert b.process.popen.wait(timeout=30) == 0
+
+
 def test_one_address_never_gets_the_same_port_from_two_nodes(
     cluster: Cluster, redis: Redis
 ) -> None:
