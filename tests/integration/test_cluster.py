@@ -36,6 +36,7 @@ from tests.cluster import (
 from tests.conftest import need
 from tests.integration.test_admin import TOKEN, call, metrics
 from tests.integration.test_routed_ftps import tls_context
+from tests.integration.test_status_page import CHROMIUM_FLAGS
 
 REDIS_HOST = "127.0.2.6"
 
@@ -492,3 +493,69 @@ def test_bad_cluster_settings_exit_2(tmp_path: Path, section: str, reason: str) 
     )
     assert done.returncode == 2, done.stdout
     assert str(config) in done.stderr and reason in done.stderr, done.stderr
+
+
+def test_the_status_page_and_top_show_the_cluster(cluster: Cluster, redis: Redis) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    chromium, tmux = need("chromium"), need("tmux")
+    a, b = forwarding_nodes(cluster, redis)
+    (cluster.backends[0].root / "big.bin").write_bytes(b"x" * 100_000)
+    with a.login("127.0.0.129") as ftp:
+        assert download_via(ftp, HOST_B, "127.0.0.129", "big.bin") == b"x" * 100_000
+        with ExitStack() as stack:  # sessions on B: A's page counts them
+            for i in range(2):
+                stack.enter_context(b.login(f"127.0.0.{130 + i}"))
+            wait_for(
+                lambda: (
+                    {m["node"]: m["sessions"] for m in cluster_of(a)["members"]}
+                    == {"lb1": 1, "lb2": 2}
+                ),
+                what="both nodes' sessions",
+            )
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+                try:
+                    page = browser.new_page()
+                    page.goto(a.admin + "/")
+                    line = page.locator("#cluster")
+                    expect(line).to_contain_text("Cluster: Redis connected, 2 nodes")
+                    expect(line).to_contain_text("lb1 (this node): 1 sessions")
+                    expect(line).to_contain_text("lb2: 2 sessions")
+                    expect(line).to_contain_text(
+                        "Data connections forwarded to other nodes: 0, taken from them: 1"
+                    )
+                    page.goto(b.admin + "/")
+                    expect(page.locator("#cluster")).to_contain_text(
+                        "Data connections forwarded to other nodes: 1, taken from them: 0"
+                    )
+                finally:
+                    browser.close()
+            name = f"ftplb-top-{free_ports(1)}"
+            command = f"{sys.executable} -m ftplb top --admin {b.admin} --interval 0.5"
+            subprocess.run(
+                [tmux, "new-session", "-d", "-s", name, "-x", "180", "-y", "60", command],
+                check=True,
+            )
+            try:
+                screen = wait_for(
+                    lambda: (
+                        (s := subprocess.run(
+                            [tmux, "capture-pane", "-p", "-t", name],
+                            capture_output=True, text=True,
+                        ).stdout)
+                        and "cluster: Redis connected" in s
+                        and s
+                    ),
+                    what="top's cluster table",
+                )  # fmt: skip
+            finally:
+                subprocess.run([tmux, "kill-session", "-t", name], capture_output=True)
+    rows = {line.split()[1]: line for line in screen.splitlines() if " lb" in line}
+    assert "lb2" in rows and "(this)" in rows["lb2"] and " 2 " in rows["lb2"]
+    assert "lb1" in rows and " 1 " in rows["lb1"]
+    assert "data connections forwarded to other nodes: 1, taken from them: 0" in screen
+
+
+def cluster_of(n: Node) -> dict[str, Any]:
+    return dict(call(n.admin + "/api/status")["cluster"])

@@ -173,6 +173,7 @@ def top_view(client: AdminClient, now: float) -> Any:
     """`ftplb top`'s screen: backends, who is connected, who is banned, what changed."""
     from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     status, backends = client.status(), client.backends()
     sessions, bans, events = client.sessions(), client.bans(), client.events(10)
@@ -212,14 +213,15 @@ def top_view(client: AdminClient, now: float) -> Any:
         for m in cluster.get("members", []):
             this = " (this)" if m["node"] == cluster["node"] else ""
             nodes.add_row(m["node"] + this, str(m["sessions"]), f"{now - m['last_seen']:.0f}s ago")
+        parts.append(nodes)
         moved = cluster.get("data_connections")
         if cluster.get("advertise") and moved:
-            nodes.caption = (
-                f"data connections forwarded to other nodes: {moved['forwarded']},"
-                f" taken from them: {moved['joined']}"
+            parts.append(
+                Text(
+                    f"data connections forwarded to other nodes: {moved['forwarded']},"
+                    f" taken from them: {moved['joined']}"
+                )
             )
-            nodes.caption_justify = "left"
-        parts.append(nodes)
     return Group(*parts, who, banned, changed)
 
 
