@@ -494,13 +494,11 @@ class Cluster:
         if not self.connected or self.refused:
             return True
         try:
-            held = await asyncio.wait_for(
-                self._claim(
+            async with asyncio.timeout(CLAIM_TIMEOUT):  # (wait_for: a task per call)
+                held = await self._claim(
                     keys=[_data_key(port, client)],
                     args=[value, int(ttl * 1000), self.instance + " "],
-                ),
-                CLAIM_TIMEOUT,
-            )
+                )
         except (RedisError, OSError, TimeoutError) as exc:
             log.debug("cluster: data port %d not claimed for %s: %r", port, client, exc)
             return True
@@ -523,6 +521,9 @@ class Cluster:
         # (else their claims expire: `data_timeout` + 5 s)
 
     async def _release_all(self, releases: list[tuple[str, str]]) -> None:
+        if len(releases) == 1:  # a pipeline costs a SCRIPT EXISTS round trip more
+            await self._release(keys=[releases[0][0]], args=[releases[0][1]])
+            return
         pipe = self.redis.pipeline(transaction=False)
         for key, value in releases:
             await self._release(keys=[key], args=[value], client=pipe)
@@ -534,7 +535,8 @@ class Cluster:
         if not self.connected or self.refused:
             return None
         try:
-            held = await asyncio.wait_for(self.redis.get(_data_key(port, client)), OP_TIMEOUT)
+            async with asyncio.timeout(OP_TIMEOUT):
+                held = await self.redis.get(_data_key(port, client))
         except (RedisError, OSError, TimeoutError) as exc:
             log.debug("cluster: owner of data port %d for %s not read: %r", port, client, exc)
             return None
