@@ -151,6 +151,30 @@ async def concurrent(host: str, port: int, clients: int) -> float:
     return clients * BIG / (1 << 20) / (time.monotonic() - started)
 
 
+def spawn_inspect(
+    c: Cluster,
+    name: str,
+    host: str,
+    ports: int,
+    cluster: dict[str, str] | None = None,
+    first: int = 0,
+) -> tuple[int, int]:
+    """An inspect-mode balancer on `host` with `ports` data ports (from `first`,
+    else free ones there), [cluster] if given: (its control port, its pid)."""
+    port = free_ports(1, host)
+    first = first or free_ports(ports, host)
+    proc = c.spawn_balancer(
+        name,
+        send_proxy="off",
+        mode="inspect",
+        listen=f"{host}:{port}",
+        public_address=host,
+        data_ports=f"{first}-{first + ports - 1}",
+        sections={"cluster": cluster} if cluster else {},
+    )
+    return port, proc.popen.pid
+
+
 MOD_PROXY = "ProFTPD mod_proxy (inspect peer)"
 INSPECT = "ftplb inspect, 1,000 data ports"
 INSPECT_20 = "ftplb inspect, 20 shared data ports"
@@ -244,26 +268,8 @@ def main() -> int:
         haproxy_port = int(haproxy_url.rsplit(":", 1)[1].split("/")[0])
         # Inspect mode, its data ports below the kernel's ephemeral range: a
         # port per session (1,000 of them), and 20 shared by all clients.
-        inspect_port = free_ports(1, "127.0.0.5")
-        first = free_ports(1000, "127.0.0.5")
-        lb3 = c.spawn_balancer(
-            "ftplb-inspect",
-            send_proxy="off",
-            mode="inspect",
-            listen=f"127.0.0.5:{inspect_port}",
-            public_address="127.0.0.5",
-            data_ports=f"{first}-{first + 999}",
-        )
-        shared_port = free_ports(1, "127.0.0.6")
-        first = free_ports(20, "127.0.0.6")
-        lb4 = c.spawn_balancer(
-            "ftplb-inspect-20",
-            send_proxy="off",
-            mode="inspect",
-            listen=f"127.0.0.6:{shared_port}",
-            public_address="127.0.0.6",
-            data_ports=f"{first}-{first + 19}",
-        )
+        inspect_port, inspect_pid = spawn_inspect(c, "ftplb-inspect", "127.0.0.5", 1000)
+        shared_port, shared_pid = spawn_inspect(c, "ftplb-inspect-20", "127.0.0.6", 20)
         # The same with [cluster]: a real Redis beside it (what the cluster costs).
         redis_port = free_ports(1, "127.0.2.7")
         c.spawn(
@@ -271,55 +277,26 @@ def main() -> int:
             ["redis-server", "--bind", "127.0.2.7", "--port", str(redis_port), "--save", ""],
         )
         wait_for(lambda: listening("127.0.2.7", redis_port), what="redis-server")
-        cluster_port = free_ports(1, "127.0.0.7")
-        first = free_ports(20, "127.0.0.7")
-        lb5 = c.spawn_balancer(
-            "ftplb-inspect-cluster",
-            send_proxy="off",
-            mode="inspect",
-            listen=f"127.0.0.7:{cluster_port}",
-            public_address="127.0.0.7",
-            data_ports=f"{first}-{first + 19}",
-            sections={"cluster": {"redis": f"redis://127.0.2.7:{redis_port}/0", "node": "bench"}},
+        redis_url = f"redis://127.0.2.7:{redis_port}/0"
+        cluster_port, cluster_pid = spawn_inspect(
+            c, "ftplb-inspect-cluster", "127.0.0.7", 20, {"redis": redis_url, "node": "bench"}
         )
-        advertise_port = free_ports(1, "127.0.0.10")
-        first = free_ports(20, "127.0.0.10")
-        lb6 = c.spawn_balancer(
-            "ftplb-inspect-advertise",
-            send_proxy="off",
-            mode="inspect",
-            listen=f"127.0.0.10:{advertise_port}",
-            public_address="127.0.0.10",
-            data_ports=f"{first}-{first + 19}",
-            sections={
-                "cluster": {
-                    "redis": f"redis://127.0.2.7:{redis_port}/0",
-                    "node": "bench-advertise",
-                    "advertise": f"127.0.0.10:{free_ports(1, '127.0.0.10')}",
-                }
-            },
+        advertise = {"redis": redis_url, "node": "bench-advertise"}
+        advertise["advertise"] = f"127.0.0.10:{free_ports(1, '127.0.0.10')}"
+        advertise_port, advertise_pid = spawn_inspect(
+            c, "ftplb-inspect-advertise", "127.0.0.10", 20, advertise
         )
         # Two nodes sharing that Redis, each on its own address, the same data
         # ports, forwarding data connections that reach the wrong one.
         first = free_ports(20, "127.0.0.8")
         nodes = []
         for n, host in enumerate(("127.0.0.8", "127.0.0.9")):
-            port = free_ports(1, host)
             cluster = {
-                "redis": f"redis://127.0.2.7:{redis_port}/0",
+                "redis": redis_url,
                 "node": f"bench-node-{n}",
                 "advertise": f"{host}:{free_ports(1, host)}",
             }
-            proc = c.spawn_balancer(
-                f"ftplb-node-{n}",
-                send_proxy="off",
-                mode="inspect",
-                listen=f"{host}:{port}",
-                public_address=host,
-                data_ports=f"{first}-{first + 19}",
-                sections={"cluster": cluster},
-            )
-            nodes.append((host, port, proc.popen.pid))
+            nodes.append((host, *spawn_inspect(c, f"ftplb-node-{n}", host, 20, cluster, first)))
         (host_a, port_a, pid_a), (host_b, port_b, pid_b) = nodes
         targets: dict[str, list[Target]] = {
             "direct (one backend)": [(c.backends[0].host, c.backends[0].port, "")],
@@ -339,10 +316,10 @@ def main() -> int:
             "ftplb routed, 1 process": [c.balancer.popen.pid],
             "ftplb routed, 2 workers": [lb2.popen.pid],
             "HAProxy (rendered)": [haproxy_pid],
-            INSPECT: [lb3.popen.pid],
-            INSPECT_20: [lb4.popen.pid],
-            INSPECT_CLUSTER: [lb5.popen.pid],
-            INSPECT_ADVERTISE: [lb6.popen.pid],
+            INSPECT: [inspect_pid],
+            INSPECT_20: [shared_pid],
+            INSPECT_CLUSTER: [cluster_pid],
+            INSPECT_ADVERTISE: [advertise_pid],
             TWO_NODES: [pid_a, pid_b],
             TWO_NODES_CROSS: [pid_a, pid_b],
         }

@@ -266,11 +266,23 @@ def download_via(ftp: ftplib.FTP, host: str, source: str, name: str) -> bytes:
     port = passive_port(ftp)
     with socket.create_connection((host, port), timeout=10, source_address=(source, 0)) as conn:
         assert ftp.sendcmd(f"RETR {name}")[:3] in ("125", "150")
-        chunks = []
-        while chunk := conn.recv(1 << 16):
-            chunks.append(chunk)
+        got = read_to_end(conn)
     assert ftp.voidresp().startswith("226")
+    return got
+
+
+def read_to_end(conn: socket.socket) -> bytes:
+    chunks = []
+    while chunk := conn.recv(1 << 16):
+        chunks.append(chunk)
     return b"".join(chunks)
+
+
+def big_file(cluster: Cluster, size: int) -> bytes:
+    """Random bytes served as big.bin by the (only) backend."""
+    payload = os.urandom(size)
+    (cluster.backends[0].root / "big.bin").write_bytes(payload)
+    return payload
 
 
 def upload_via(ftp: ftplib.FTP, host: str, source: str, name: str, data: bytes) -> None:
@@ -300,8 +312,7 @@ def test_a_data_connection_that_reaches_another_node_is_forwarded(
     cluster: Cluster, redis: Redis, workers: int
 ) -> None:
     a, b = forwarding_nodes(cluster, redis, workers)
-    payload = os.urandom(4 << 20)
-    (cluster.backends[0].root / "big.bin").write_bytes(payload)
+    payload = big_file(cluster, 4 << 20)
     sources = [f"127.0.0.{111 + i}" for i in range(6)]
     for i, source in enumerate(sources):  # several sessions: with 2 workers, both slices
         with a.login(source) as ftp:
@@ -321,8 +332,7 @@ def test_another_address_never_gets_a_forwarded_data_connection(
     cluster: Cluster, redis: Redis
 ) -> None:
     a, b = forwarding_nodes(cluster, redis)
-    payload = os.urandom(1 << 20)
-    (cluster.backends[0].root / "big.bin").write_bytes(payload)
+    payload = big_file(cluster, 1 << 20)
     with a.login("127.0.0.121") as ftp:
         port = passive_port(ftp)
         # Another address on the port that 127.0.0.121 waits on, through either node.
@@ -345,11 +355,9 @@ def test_another_address_never_gets_a_forwarded_data_connection(
             (HOST_B, port), timeout=10, source_address=("127.0.0.121", 0)
         ) as conn:
             assert ftp.sendcmd("RETR big.bin")[:3] in ("125", "150")
-            chunks = []
-            while chunk := conn.recv(1 << 16):
-                chunks.append(chunk)
+            got = read_to_end(conn)
         assert ftp.voidresp().startswith("226")
-        assert sha256(b"".join(chunks)) == sha256(payload)
+        assert sha256(got) == sha256(payload)
     assert "data connection from 127.0.0.122" in b.process.log()
     assert "from 127.0.0.123" in a.process.log() and "not a node of the cluster" in a.process.log()
     assert f"connection from {HOST_B}:" in a.process.log() and "no signature" in a.process.log()
@@ -362,8 +370,7 @@ def test_a_forwarded_tls_data_connection_resumes_the_control_session(
     cert, key = make_cert(cluster.workdir)
     tls = {"cert": str(cert), "key": str(key)}
     a, b = forwarding_nodes(cluster, redis, sections={"tls": tls})
-    payload = os.urandom(1 << 20)
-    (cluster.backends[0].root / "big.bin").write_bytes(payload)
+    payload = big_file(cluster, 1 << 20)
     source = "127.0.0.127"
     with ftplib.FTP_TLS(context=tls_context(), timeout=10, source_address=(source, 0)) as ftp:
         ftp.connect(HOST_A, a.port)
@@ -376,12 +383,10 @@ def test_a_forwarded_tls_data_connection_resumes_the_control_session(
             assert ftp.sock is not None
             session = ftp.sock.session  # type: ignore[attr-defined]
             conn = ftp.context.wrap_socket(raw, server_hostname=HOST_A, session=session)
-            chunks = []
-            while chunk := conn.recv(1 << 16):
-                chunks.append(chunk)
+            got = read_to_end(conn)
             assert conn.session_reused
         assert ftp.voidresp().startswith("226")
-    assert sha256(b"".join(chunks)) == sha256(payload)
+    assert sha256(got) == sha256(payload)
     assert forwarded(b, "out") == 1 and forwarded(a, "in") == 1
 
 
@@ -389,8 +394,7 @@ def test_a_stopping_node_lets_the_transfers_it_forwards_finish(
     cluster: Cluster, redis: Redis
 ) -> None:
     a, b = forwarding_nodes(cluster, redis)
-    payload = os.urandom(32 << 20)
-    (cluster.backends[0].root / "big.bin").write_bytes(payload)
+    payload = big_file(cluster, 32 << 20)
     source = "127.0.0.128"
     with a.login(source) as ftp, ftplib.FTP(timeout=10, source_address=(source, 0)) as late:
         late.connect(HOST_A, a.port)
@@ -399,16 +403,15 @@ def test_a_stopping_node_lets_the_transfers_it_forwards_finish(
         port = passive_port(ftp)
         with socket.create_connection((HOST_B, port), 10, (source, 0)) as conn:
             assert ftp.sendcmd("RETR big.bin")[:3] in ("125", "150")
-            got = bytearray(conn.recv(1 << 16))
+            first = conn.recv(1 << 16)
             b.process.popen.send_signal(signal.SIGTERM)  # mid-transfer
             wait_for(lambda: "stopping: no new sessions" in b.process.log(), what="B stopping")
             # Nothing new goes through B from now on...
             assert refused_connection(HOST_B, late_port, source)
             # ...but what it carries ends whole.
-            while chunk := conn.recv(1 << 16):
-                got += chunk
+            got = first + read_to_end(conn)
         assert ftp.voidresp().startswith("226")
-    assert sha256(bytes(got)) == sha256(payload)
+    assert sha256(got) == sha256(payload)
     assert b.process.popen.wait(timeout=30) == 0
 
 

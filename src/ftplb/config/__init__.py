@@ -15,7 +15,7 @@ from ftplb.config.model import (
     PortRange,
     TlsConfig,
 )
-from ftplb.config.values import parse_host_port, parse_ip, parse_port_range
+from ftplb.config.values import is_ip, parse_host_port, parse_ip, parse_port_range
 
 __all__ = [
     "AdminConfig",
@@ -29,6 +29,7 @@ __all__ = [
     "LogConfig",
     "PortRange",
     "TlsConfig",
+    "is_ip",
     "load_config",
     "parse_config",
     "parse_host_port",

@@ -40,6 +40,7 @@ from ftplb.config.values import (
     BACKEND_NAME,
     HOSTNAME,
     Table,
+    is_ip,
     parse_host_port,
     parse_ip,
     parse_port_range,
@@ -383,14 +384,6 @@ def _parse_discovery(t: Table) -> DiscoveryConfig:
     return cfg
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _family(host: str) -> str:
     return f"IPv{ipaddress.ip_address(host).version}"
 
@@ -530,7 +523,7 @@ def _parse_backends(
                 raise t.error(
                     "discover", 'needs mode = "inspect" (routed backends each own a range)'
                 )
-            if _is_ip(b.address.host):
+            if is_ip(b.address.host):
                 raise t.error(
                     "discover", f"{b.address.host} is an IP address: discovery needs a host name"
                 )

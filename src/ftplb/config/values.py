@@ -33,6 +33,15 @@ def parse_ip(text: str) -> str:
     return str(address)
 
 
+def is_ip(text: str) -> bool:
+    """Whether `text` is an IP address as it stands (a host name is not)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_port_range(text: str) -> PortRange:
     """'A-B' or 'A' with 1 <= A <= B <= 65535; ValueError otherwise."""
     m = _PORT_RANGE.fullmatch(text)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import secrets
@@ -46,7 +45,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ftplb.balancer.pool import Pool
-from ftplb.config import Config
+from ftplb.config import Config, is_ip
 from ftplb.io.proxied import Networks
 from ftplb.io.sessions import SessionCounts
 from ftplb.logs import event
@@ -331,7 +330,7 @@ class Cluster:
             member["sessions"] += sum(counts.values())
             member["last_seen"] = max(member["last_seen"], seen)
             advertise = heard.get("advertise")
-            if isinstance(advertise, str) and _is_ip(advertise):
+            if isinstance(advertise, str) and is_ip(advertise):
                 member["advertise"] = advertise
                 peers.add(advertise)
             if node == self.node:
@@ -556,14 +555,6 @@ class Cluster:
             "nodes": self.nodes if self.connected else 1,
             "members": sorted(self.members.values(), key=lambda m: m["node"]),
         }
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _data_key(port: int, client: str) -> str:
