@@ -96,11 +96,7 @@ class Runtime:
             )
             worker = shared.worker if shared is not None else 0
             instance = shared.instance if shared is not None else None
-            per_ip = None
-            if isinstance(self.balancer, InspectBalancer):
-                sessions_by_ip = self.balancer.per_ip
-                # Only while max_per_ip is set: the heartbeat stays small otherwise.
-                per_ip = lambda: dict(sessions_by_ip) if self.config.balancer.max_per_ip else {}  # noqa: E731
+            per_ip = self._sessions_by_ip if isinstance(self.balancer, InspectBalancer) else None
             self.cluster = Cluster(
                 config, self.pool, hooks, worker, self.balancer.counts, instance, per_ip
             )
@@ -139,7 +135,6 @@ class Runtime:
         self.health.start()
         if self.discovery is not None:
             self.discovery.start()
-
         if self._watch_overflows:
             self.overflows.start()
 
@@ -198,6 +193,13 @@ class Runtime:
             now = self.balancer.loop.time()
             window = self.config.balancer.login_failure_window
             self.balancer.shared.logins.impose(ip, now, now + until - time.time(), window)
+
+    def _sessions_by_ip(self) -> dict[str, int]:
+        """This worker's sessions per client address, for the heartbeat: only
+        while max_per_ip is set (the heartbeat stays small otherwise)."""
+        if not isinstance(self.balancer, InspectBalancer) or not self.config.balancer.max_per_ip:
+            return {}
+        return dict(self.balancer.per_ip)
 
     def _local_bans(self) -> list[tuple[str, float]]:
         if not isinstance(self.balancer, InspectBalancer):
