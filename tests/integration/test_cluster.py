@@ -175,6 +175,11 @@ def test_drain_and_leastconn_across_nodes(cluster: Cluster, redis: Redis) -> Non
     call(a.admin + "/api/backends/ftp1/drain", "POST")
     wait_for(lambda: b.backends()["ftp1"]["state"] == "DRAIN", what="the drain on lb2")
     assert "set on another node (lb1)" in b.process.log()
+    # A node started later applies it from Redis, naming the node it came from.
+    c = node(cluster, redis, "lb3")
+    assert c.backends()["ftp1"]["state"] == "DRAIN"
+    assert "set on another node (lb1)" in c.process.log()
+    c.process.stop()
     # Both nodes list each other, with their sessions and when they were last heard.
     members = wait_for(
         lambda: len(m := call(b.admin + "/api/status")["cluster"]["members"]) == 2 and m

@@ -242,16 +242,12 @@ class Cluster:
         pipe = self.redis.pipeline(transaction=False)
         lifted, self._offline_lifts = self._offline_lifts, set()
         for ip in lifted:
-            pipe.delete(PREFIX + "ban:" + ip, PREFIX + "fail:" + ip)
-            self._publish(pipe, {"type": "lift", "address": ip})
+            self._store_lift(pipe, ip)
         changed, self._offline_backends = self._offline_backends, {}
         for name, fields in changed.items():
-            mapping = {k: json.dumps(v) for k, v in {**fields, "node": self.node}.items()}
-            pipe.hset(PREFIX + "backend:" + name, mapping=mapping)  # type: ignore[arg-type]
-            self._publish(pipe, {"type": "backend", "name": name, "fields": fields})
+            self._store_backend(pipe, name, fields)
         for ip, mine in self.hooks.local_bans():
-            pipe.set(PREFIX + "ban:" + ip, mine, ex=max(1, int(mine - now) + 1))
-            self._publish(pipe, {"type": "ban", "address": ip, "until": mine})
+            self._store_ban(pipe, ip, mine)
         await pipe.execute()
         # Read in one round trip per kind (a ban list may be long).
         bans = [key async for key in self.redis.scan_iter(match=PREFIX + "ban:*", count=500)]
@@ -410,17 +406,34 @@ class Cluster:
     def _publish(self, pipe: Any, message: dict[str, Any]) -> None:
         pipe.publish(CHANNEL, json.dumps({"from": self.instance, "node": self.node, **message}))
 
-    def banned(self, ip: str, until: float) -> None:
-        """This node banned `ip` until `until` (epoch s)."""
+    def _store_ban(self, pipe: Any, ip: str, until: float) -> None:
+        pipe.set(PREFIX + "ban:" + ip, until, ex=max(1, int(until - time.time()) + 1))
+        pipe.delete(PREFIX + "fail:" + ip)
+        self._publish(pipe, {"type": "ban", "address": ip, "until": until})
+
+    def _store_lift(self, pipe: Any, ip: str) -> None:
+        pipe.delete(PREFIX + "ban:" + ip, PREFIX + "fail:" + ip)
+        self._publish(pipe, {"type": "lift", "address": ip})
+
+    def _store_backend(self, pipe: Any, name: str, fields: dict[str, Any]) -> None:
+        # With the node that set them: a node started later names it too.
+        mapping = {k: json.dumps(v) for k, v in {**fields, "node": self.node}.items()}
+        pipe.hset(PREFIX + "backend:" + name, mapping=mapping)
+        self._publish(pipe, {"type": "backend", "name": name, "fields": fields})
+
+    def _store(self, fill: Callable[[Any], None]) -> None:
+        """What `fill` puts in a pipeline, sent in the background."""
 
         async def work() -> None:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.set(PREFIX + "ban:" + ip, until, ex=max(1, int(until - time.time()) + 1))
-            pipe.delete(PREFIX + "fail:" + ip)
-            self._publish(pipe, {"type": "ban", "address": ip, "until": until})
+            fill(pipe)
             await pipe.execute()
 
         self._send(work)
+
+    def banned(self, ip: str, until: float) -> None:
+        """This node banned `ip` until `until` (epoch s)."""
+        self._store(lambda pipe: self._store_ban(pipe, ip, until))
 
     def failed(self, ip: str, limit: int, window: float, ban: float) -> None:
         """A failed login here: counted cluster-wide; at `limit`, a ban for all."""
@@ -444,9 +457,7 @@ class Cluster:
                     ip, ban, int(count),
                 )  # fmt: skip
                 pipe = self.redis.pipeline(transaction=False)
-                pipe.set(PREFIX + "ban:" + ip, until, ex=max(1, int(ban) + 1))
-                pipe.delete(key)
-                self._publish(pipe, {"type": "ban", "address": ip, "until": until})
+                self._store_ban(pipe, ip, until)
                 await pipe.execute()
 
         self._send(work)
@@ -454,29 +465,13 @@ class Cluster:
     def lifted(self, ip: str) -> None:
         if not self.connected:
             self._offline_lifts.add(ip)
-
-        async def work() -> None:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.delete(PREFIX + "ban:" + ip, PREFIX + "fail:" + ip)
-            self._publish(pipe, {"type": "lift", "address": ip})
-            await pipe.execute()
-
-        self._send(work)
+        self._store(lambda pipe: self._store_lift(pipe, ip))
 
     def backend_changed(self, name: str, fields: dict[str, Any]) -> None:
         """An operator changed a backend here: stored, and every node applies it."""
         if not self.connected:
             self._offline_backends[name] = fields
-
-        async def work() -> None:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.hset(
-                PREFIX + "backend:" + name, mapping={k: json.dumps(v) for k, v in fields.items()}
-            )
-            self._publish(pipe, {"type": "backend", "name": name, "fields": fields})
-            await pipe.execute()
-
-        self._send(work)
+        self._store(lambda pipe: self._store_backend(pipe, name, fields))
 
     # -- data ports (inspect mode with `advertise`; io/passive.py, io/forward.py)
 
