@@ -46,7 +46,6 @@ from redis.exceptions import RedisError
 
 from ftplb.balancer.pool import Pool
 from ftplb.config import Config, is_ip
-from ftplb.io.proxied import Networks
 from ftplb.io.sessions import SessionCounts
 from ftplb.logs import event
 
@@ -143,9 +142,6 @@ class Cluster:
         """Bans lifted during an outage: lifted everywhere when Redis is back."""
         self.synced = asyncio.Event()
         """Set once the stored state (bans, backend settings) has been read."""
-        self.peers = Networks()
-        """The nodes' `advertise` addresses (this one's too): who may forward
-        data connections here (io/forward.py)."""
         self._claim = self.redis.register_script(_CLAIM)
         self._release = self.redis.register_script(_RELEASE)
         self._releases: list[tuple[str, str]] = []
@@ -309,7 +305,6 @@ class Cluster:
         remote: dict[str, int] = {}
         remote_per_ip: dict[str, int] = {}
         members: dict[str, dict[str, Any]] = {}
-        peers: set[str] = set()
         keys = [key async for key in self.redis.scan_iter(match=PREFIX + "node:*", count=500)]
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
@@ -328,7 +323,6 @@ class Cluster:
             advertise = heard.get("advertise")
             if isinstance(advertise, str) and is_ip(advertise):
                 member["advertise"] = advertise
-                peers.add(advertise)
             if node == self.node:
                 continue  # this node's workers: the shared counters have them
             for name, count in counts.items():
@@ -340,7 +334,6 @@ class Cluster:
         if self.counts is not None:
             self.counts.elsewhere = sum(remote.values())
             self.counts.elsewhere_per_ip = remote_per_ip
-        self.peers.update(sorted(peers))
         self.members = members
         self.nodes = len(members | {self.node: {}})
 

@@ -11,10 +11,11 @@ while its session lives on node A. With the same `data_ports` on every node:
   the connection there, from its own `advertise` address, beginning with a
   PROXY v2 header: the client's address and port, and the address and data
   port the client reached.
-- A accepts connections on its forward port only from the nodes' `advertise`
-  addresses, reads the header, and hands the connection to its passive
-  listeners as if it had arrived on that port: the client-address check
-  applies as to any other connection.
+- A accepts a connection on its forward port only if its PROXY header is
+  signed with the cluster's secret (an address check would lag: a node
+  learns the others' addresses from their heartbeats, a second late), and
+  hands it to its passive listeners as if it had arrived on that port: the
+  client-address check applies as to any other connection.
 
 Routed mode needs none of this: a data port leads to the same backend on
 every node.
@@ -34,14 +35,13 @@ from ftplb.balancer.dataports import client_key
 from ftplb.config import Config, HostPort
 from ftplb.io.cluster import Cluster
 from ftplb.io.passive import BACKLOG, PassiveListeners
-from ftplb.io.proxied import front
+from ftplb.io.proxied import Networks, front
 from ftplb.io.relay import (
     Addresses,
     Relay,
     armed_socket,
     disarm,
     enable_keepalive,
-    peer_address,
 )
 from ftplb.io.sessions import Tasks
 from ftplb.proto.proxy_protocol import ProxyHeader, encode_v2, parse_header
@@ -52,8 +52,11 @@ SIGNATURE_TLV = 0xE0
 """PROXY v2 TLV (the spec's first custom type) on a forwarded connection: when
 it was sent (ms, 8 bytes) and an HMAC-SHA256 over that and the header's
 addresses, keyed with the cluster's secret. The forward port trusts only
-headers that carry one: an address check alone would let any program on a
-node's host claim to be a node."""
+headers that carry one: whoever lacks the secret (any program on a node's
+host included) cannot claim to be a node."""
+ANYONE = Networks(["0.0.0.0/0", "::/0"])
+"""The forward port's door reads a header from every connection (and the
+signature decides)."""
 SIGNATURE_AGE = 30.0
 """Seconds a signature stays good (clocks of the nodes may differ a little)."""
 MAX_LOOKUPS = 256
@@ -114,7 +117,7 @@ class DataForwarding:
         self.listeners = listeners
         self.host = config().balancer.data_host
         self.source = advertise.host
-        """Forwarded connections leave from here: the address the others accept."""
+        """Forwarded connections leave from here (the address a firewall lets through)."""
         self.at = HostPort(advertise.host, advertise.port + worker)
         self.splice = splice
         self.stopping = False
@@ -133,7 +136,7 @@ class DataForwarding:
 
     async def start(self) -> None:
         self.server = await self.loop.create_server(
-            front(self._from_peer, self.cluster.peers, self._check),
+            front(self._from_peer, ANYONE, self._check),
             self.at.host,
             self.at.port,
             reuse_address=True,
@@ -178,12 +181,7 @@ class DataForwarding:
         return _Forwarded(self, proxied)
 
     def joined_from_peer(self, transport: asyncio.Transport, proxied: Addresses | None) -> None:
-        if proxied is None:  # not a cluster node, or a header without addresses
-            peer = peer_address(transport)
-            log.warning(
-                "connection to the cluster's forward port %s from %s:%d refused: "
-                "not a node of the cluster", self.at, *peer,
-            )  # fmt: skip
+        if proxied is None:  # (the signature check lets no such header through)
             transport.abort()
             return
         port = proxied[1][1]
